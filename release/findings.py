@@ -1,0 +1,144 @@
+"""One Finding type for every check, and the reporters that print them.
+
+Every checker (card rules, Terms of Use, variant tables, weight structure,
+logit comparison) returns a list of :class:`Finding`. Checkers collect every
+problem first; the CLI reports them all at once, location first, as
+check-jsonschema does::
+
+    README.md:12 $.license_name [CARD005] error: license is 'other' but ...
+
+Reporters: ``text`` (for people), ``json`` (a list of objects, stable keys) and
+``sarif`` (SARIF 2.1.0, so CI systems annotate the offending lines).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Literal
+
+Severity = Literal["error", "warning", "info"]
+SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
+_SEVERITY_ORDER = {s: i for i, s in enumerate(SEVERITIES)}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem (or note) found by a check."""
+
+    rule: str  # stable rule id, e.g. "CARD005", "GEMMA002", "WEIGHTS003"
+    severity: Severity  # "error" fails the command (exit 1); "warning" / "info" do not
+    message: str  # one sentence saying what is wrong and, where possible, how to fix it
+    path: str | None = None  # the file the finding is about
+    line: int | None = None  # 1-based line in `path`, where it applies
+    pointer: str | None = None  # JSON Pointer into the card metadata / config, where it applies
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # rule-specific data (JSON-safe)
+
+    def __post_init__(self) -> None:
+        if self.severity not in _SEVERITY_ORDER:
+            raise ValueError(f"severity must be one of {SEVERITIES}, not {self.severity!r}")
+
+    def location(self) -> str:
+        """``path:line pointer`` as far as known (used as the text prefix)."""
+        loc = self.path or "-"
+        if self.line is not None:
+            loc += f":{self.line}"
+        if self.pointer is not None:
+            loc += f" {self.pointer or '/'}"
+        return loc
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if not d["extra"]:
+            del d["extra"]
+        return {k: v for k, v in d.items() if v is not None}
+
+
+def has_errors(findings: Iterable[Finding]) -> bool:
+    return any(f.severity == "error" for f in findings)
+
+
+def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
+    """Stable order: by file, then line, then severity, then rule."""
+    return sorted(
+        findings,
+        key=lambda f: (f.path or "", f.line if f.line is not None else -1, _SEVERITY_ORDER[f.severity], f.rule),
+    )
+
+
+def summary_line(findings: list[Finding]) -> str:
+    counts = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITIES}
+    if not findings:
+        return "ok: no findings"
+    parts = [f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items() if n]
+    verdict = "FAIL" if counts["error"] else "ok"
+    return f"{verdict}: " + ", ".join(parts)
+
+
+def render_text(findings: list[Finding]) -> str:
+    lines = [f"{f.location()} [{f.rule}] {f.severity}: {f.message}" for f in sort_findings(findings)]
+    lines.append(summary_line(findings))
+    return "\n".join(lines)
+
+
+def render_json(findings: list[Finding]) -> str:
+    return json.dumps([f.to_dict() for f in sort_findings(findings)], indent=2, ensure_ascii=False)
+
+
+_SARIF_LEVEL = {"error": "error", "warning": "warning", "info": "note"}
+
+
+def render_sarif(findings: list[Finding], tool_version: str | None = None, rules_help: dict[str, str] | None = None) -> str:
+    """SARIF 2.1.0 log with one run; each finding a result located at its file and line."""
+    from release import __version__
+
+    rules_help = rules_help or {}
+    rule_ids = sorted({f.rule for f in findings})
+    results = []
+    for f in sort_findings(findings):
+        result: dict[str, Any] = {
+            "ruleId": f.rule,
+            "ruleIndex": rule_ids.index(f.rule),
+            "level": _SARIF_LEVEL[f.severity],
+            "message": {"text": f.message},
+        }
+        if f.path:
+            phys: dict[str, Any] = {"artifactLocation": {"uri": f.path.replace("\\", "/")}}
+            if f.line is not None:
+                phys["region"] = {"startLine": max(1, f.line)}
+            loc: dict[str, Any] = {"physicalLocation": phys}
+            if f.pointer is not None:
+                loc["logicalLocations"] = [{"fullyQualifiedName": f.pointer or "/", "kind": "member"}]
+            result["locations"] = [loc]
+        results.append(result)
+    log = {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "gemma-release",
+                        "version": tool_version or __version__,
+                        "informationUri": "https://ai.google.dev/gemma/terms",
+                        "rules": [
+                            {"id": r, **({"shortDescription": {"text": rules_help[r]}} if r in rules_help else {})}
+                            for r in rule_ids
+                        ],
+                    }
+                },
+                "results": results,
+            }
+        ],
+    }
+    return json.dumps(log, indent=2, ensure_ascii=False)
+
+
+def render(findings: list[Finding], fmt: str) -> str:
+    if fmt == "text":
+        return render_text(findings)
+    if fmt == "json":
+        return render_json(findings)
+    if fmt == "sarif":
+        return render_sarif(findings)
+    raise ValueError(f"unknown format {fmt!r}; choose text, json or sarif")
