@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
-import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from release.errors import InputError
 
@@ -36,7 +36,7 @@ _state = {"debug": False}
 
 ModelArg = Annotated[Path, typer.Argument(help="Model directory (config.json + safetensors).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
-FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Output format: text, json or sarif.", click_type=click.Choice(["text", "json", "sarif"]))]
+FormatOpt = Annotated[Literal["text", "json", "sarif"], typer.Option("--format", "-f", help="Output format: text, json or sarif.")]
 
 
 @app.callback()
@@ -48,31 +48,160 @@ def main() -> None:
     """Console-script entry point: run the app, turn domain errors into exit code 2."""
     try:
         rv = app(standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
     except InputError as e:
         if _state["debug"]:
             raise
-        err.print(f"[bold red]error:[/] {e}", markup=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}")
         sys.exit(2)
-    except click.exceptions.UsageError as e:
-        e.show()
-        sys.exit(2)
-    except click.exceptions.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         sys.exit(130)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+    except typer.TyperException as e:  # usage errors (exit 2) and other click-level errors
+        show = getattr(e, "show", None)
+        show() if show else err.print(f"error: {escape(str(e))}")
+        sys.exit(getattr(e, "exit_code", 2))
+    except Exception as e:  # a bug of ours: one line, the traceback only with --debug
+        if _state["debug"]:
+            raise
+        err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} (rerun with --debug for the traceback)")
+        sys.exit(3)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
 # --- reference model: inspect, golden, verify ---------------------------------------------------
 
+
+def _progress():
+    """A transient progress bar on stderr (silent when stderr is not a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=True)
+
+
+def _progress_callback(bar):
+    tasks: dict[str, object] = {}
+
+    def update(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = bar.add_task(what, total=total)
+        bar.update(tasks[what], completed=done, total=total)
+
+    return update
+
+
+@app.command()
+def inspect(model: ModelArg, json_out: JsonOpt = False) -> None:
+    """Show a checkpoint's generation, sizes, parameter count, storage dtype and bytes on disk."""
+    from release.inspect import inspect_model, render_inspect
+
+    info = inspect_model(model)
+    out.print_json(data=info) if json_out else out.print(render_inspect(info))
+    raise typer.Exit(1 if info["errors"] else 0)
+
+
+@app.command()
+def golden(
+    model: ModelArg,
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Golden file to write (safetensors).")],
+    ids: Annotated[Optional[list[str]], typer.Option("--ids", help="A prompt as token ids, e.g. '2,651,6037'. Repeatable.")] = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="YAML/JSON prompts file (text or chat).")] = None,
+    backend: Annotated[Literal["gemma_ref", "transformers"],
+                       typer.Option(help="Who computes the logits: gemma_ref, or transformers (needs torch).")] = "gemma_ref",
+    storage: Annotated[Literal["full", "topk"],
+                       typer.Option(help="full rows, or top-k + log-sum-exp (for big vocabularies).")] = "full",
+    topk: Annotated[int, typer.Option(help="k for --storage topk.", min=1)] = 64,
+    name: Annotated[Optional[str], typer.Option(help="Model name/repo id to record (default: the path).")] = None,
+    revision: Annotated[Optional[str], typer.Option(help="Model revision to record.")] = None,
+) -> None:
+    """Compute golden logits for prompts and write them to a golden file."""
+    from release.golden import make_golden, parse_ids
+
+    specs = [parse_ids(s, i) for i, s in enumerate(ids or [])]
+    if not specs:
+        from release.prompts import prompt_specs  # text prompts need the tokenizer stack
+
+        specs = prompt_specs(prompts)
+    with _progress() as bar:
+        step = _progress_callback(bar)
+        g = make_golden(model, out_file, specs, backend, storage, topk, name, revision,
+                        lambda done, total: step(f"logits ({backend})", done, total))
+    n_tok = sum(len(p.ids) for p in g.prompts)
+    out.print(f"wrote {out_file}: {len(g.prompts)} prompts, {n_tok} positions, {g.storage} logits "
+              f"from {g.producer} {g.producer_version}")
+
+
+@app.command()
+def verify(
+    model: ModelArg,
+    golden_file: Annotated[Path, typer.Option("--golden", "-g", help="Golden file to compare against.")],
+    atol: Annotated[float, typer.Option(help="Absolute tolerance on every logit.", min=0)] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance (times |golden|).", min=0)] = 1e-5,
+    max_kl: Annotated[Optional[float], typer.Option(help="Fail when a position's KL(golden||ours) exceeds this.")] = None,
+    min_top1: Annotated[Optional[float], typer.Option(help="Fail when top-1 agreement is below this fraction.")] = None,
+    scan: Annotated[bool, typer.Option("--scan/--no-scan", help="Scan every weight for NaN/Inf first.")] = True,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check a checkpoint's files, then its logits against a golden file. Exit 0 pass, 1 fail, 2 bad input."""
+    from release.verify import Tolerance, render_report, verify_model
+
+    tol = Tolerance(atol=atol, rtol=rtol, max_kl=max_kl, min_top1=min_top1)
+    with _progress() as bar:
+        report = verify_model(model, golden_file, tol, scan, _progress_callback(bar))
+    if json_out:
+        out.print_json(data=report.to_dict())
+    else:
+        out.print(render_report(report))
+    raise typer.Exit(0 if report.ok else 1)
+
+
 # --- tokenizer ---------------------------------------------------------------------------------
 
 # --- cards and Terms of Use --------------------------------------------------------------------
+
+CardPathArg = Annotated[Path, typer.Argument(help="A model card (README.md) or a release directory.", show_default=False)]
+
+
+@card_app.command("check")
+def card_check(path: CardPathArg, fmt: FormatOpt = "text") -> None:
+    """Check card metadata (schema, Hub rules) and the Gemma Terms of Use obligations.
+
+    Exit 0 when no finding is an error, 1 when one is, 2 when the input cannot be read.
+    """
+    from release.card import check_path
+    from release.findings import has_errors, render
+
+    findings = check_path(path)
+    typer.echo(render(findings, fmt))
+    raise typer.Exit(1 if has_errors(findings) else 0)
+
+
+@card_app.command("fix")
+def card_fix(path: CardPathArg) -> None:
+    """Add missing license fields, a Terms of Use section and (for a directory) NOTICE; change nothing else."""
+    from release.card import fix_card
+
+    changes = fix_card(path)
+    typer.echo("\n".join(changes) if changes else "nothing to change")
+
+
+@card_app.command("rules")
+def card_rules() -> None:
+    """List the card and Terms of Use rules (id, severity, description) as a Markdown table."""
+    import release.card  # noqa: F401  (registers the CARD and GEMMA rules)
+    from release.findings import rules_table
+
+    typer.echo(rules_table(("CARD", "GEMMA")))
+
+
+@app.command("notice")
+def notice(directory: Annotated[Path, typer.Argument(help="Release directory to write NOTICE into.", show_default=False)]) -> None:
+    """Write (or complete) the NOTICE file the Gemma Terms of Use require in DIR."""
+    from release.terms import write_notice
+
+    typer.echo(str(write_notice(directory)))
 
 # --- releases: init, publish -------------------------------------------------------------------
 

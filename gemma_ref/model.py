@@ -1,0 +1,270 @@
+"""The Gemma forward pass in NumPy: Gemma 1, 2 and 3 (text), one code path, float32.
+
+Read it top to bottom: each block of the architecture is one small pure
+function, in the order the data flows, with the tensor shapes on the lines that
+change them. Shape letters: T tokens, D hidden_size, F intermediate_size,
+H query heads, K key/value heads, Hd head_dim, V vocab_size.
+
+The three generations differ only through the config (see config.py):
+
+=====================  ==========  ===========================  ======================
+                       Gemma 1     Gemma 2                      Gemma 3
+=====================  ==========  ===========================  ======================
+norms per layer        2           4 (sandwich)                 4 (sandwich)
+attention scale        Hd ** -0.5  query_pre_attn_scalar ** -.5  query_pre_attn_scalar ** -.5
+attention soft-cap     none        50 * tanh(s / 50)            none
+final logit soft-cap   none        30 * tanh(z / 30)            none
+local (sliding) layers none        every other layer            5 of every 6
+q/k RMSNorm per head   no          no                           yes
+RoPE base              10k         10k                          10k local, 1M global (+ linear scaling)
+=====================  ==========  ===========================  ======================
+
+Every number is computed in float32 whatever the storage dtype, to match
+Hugging Face transformers run in float32 (the golden-logit tests pin this to
+1e-4). Weights are read one layer at a time (weights.py), so a checkpoint never
+sits in memory in float32 as a whole.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+from gemma_ref.config import SLIDING, GemmaConfig, Rope, load_config
+from gemma_ref.errors import InputError
+from gemma_ref.weights import Weights
+
+f32 = np.float32
+
+
+# --- building blocks ---------------------------------------------------------------------------
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """RMSNorm with Gemma's (1 + w) gain.  [..., n] -> [..., n]"""
+    inv_rms = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + f32(eps))  # [..., 1]
+    return x * inv_rms * (f32(1.0) + w)  # Gemma stores w without the +1 (a zero w means gain 1)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation: every Gemma uses it, even configs that say plain "gelu"."""
+    return f32(0.5) * x * (f32(1.0) + np.tanh(f32(np.sqrt(2.0 / np.pi)) * (x + f32(0.044715) * x * x * x)))  # x*x*x, not x**3: 200x faster
+
+
+def mlp(x: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
+    """Gated GELU feed-forward.  [T, D] -> [T, D]"""
+    h = gelu_tanh(x @ gate.T) * (x @ up.T)  # [T, D] @ [D, F] -> [T, F]
+    return h @ down.T  # [T, F] @ [F, D] -> [T, D]
+
+
+def softcap(x: np.ndarray, cap: float | None) -> np.ndarray:
+    """Gemma 2's soft-capping: squash values smoothly into (-cap, cap). None leaves x alone."""
+    if cap is None:
+        return x
+    return f32(cap) * np.tanh(x / f32(cap))
+
+
+# --- rotary position embedding -----------------------------------------------------------------
+
+
+def rope_inv_freq(head_dim: int, rope: Rope) -> np.ndarray:
+    """Rotation speed of each pair of dimensions.  -> [Hd/2]"""
+    exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(f32) / f32(head_dim)  # [Hd/2], 2i/d in float32
+    inv_freq = f32(1.0) / (f32(rope.theta) ** exponents)  # 1 / base^(2i/d)
+    return inv_freq / f32(rope.linear_factor)  # linear scaling stretches positions: pos / factor
+
+
+def rope_cos_sin(positions: np.ndarray, inv_freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin tables for the given positions.  [T], [Hd/2] -> [T, Hd], [T, Hd]"""
+    angles = positions.astype(f32)[:, None] * inv_freq[None, :]  # [T, Hd/2]
+    angles = np.concatenate([angles, angles], axis=-1)  # [T, Hd]: half-split layout, both halves share angles
+    return np.cos(angles), np.sin(angles)
+
+
+def rotate_half(x: np.ndarray) -> np.ndarray:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last axis.  [..., Hd] -> [..., Hd]"""
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)  # HF layout: halves, not interleaved pairs
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate each head's vector by its position's angles.  [heads, T, Hd] -> [heads, T, Hd]"""
+    return x * cos + rotate_half(x) * sin  # cos/sin [T, Hd] broadcast over heads
+
+
+# --- attention ---------------------------------------------------------------------------------
+
+
+def attention_mask(n_queries: int, n_keys: int, window: int | None) -> np.ndarray:
+    """True where query q may see key k: causal, and within the window on local layers.  -> [Tq, Tk]"""
+    q = np.arange(n_keys - n_queries, n_keys)[:, None]  # absolute positions of the queries (keys start at 0)
+    k = np.arange(n_keys)[None, :]
+    allowed = k <= q  # causal: nothing from the future
+    if window is not None:
+        allowed &= k > q - window  # sliding window: only the last `window` keys, including q itself
+    return allowed
+
+
+def repeat_kv(x: np.ndarray, n_rep: int) -> np.ndarray:
+    """Share each key/value head among n_rep query heads (GQA/MQA).  [K, T, Hd] -> [K*n_rep, T, Hd]"""
+    return np.repeat(x, n_rep, axis=0)  # query head h reads kv head h // n_rep (np.tile would be h % K: wrong)
+
+
+def attention(
+    x: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig, layer_type: str, positions: np.ndarray
+) -> np.ndarray:
+    """Multi-head self-attention with RoPE, optional q/k norm, soft-cap and sliding window.  [T, D] -> [T, D]"""
+    T = x.shape[0]
+    H, K, Hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    q = (x @ w["self_attn.q_proj.weight"].T).reshape(T, H, Hd).transpose(1, 0, 2)  # [T, D] -> [H, T, Hd]
+    k = (x @ w["self_attn.k_proj.weight"].T).reshape(T, K, Hd).transpose(1, 0, 2)  # [T, D] -> [K, T, Hd]
+    v = (x @ w["self_attn.v_proj.weight"].T).reshape(T, K, Hd).transpose(1, 0, 2)  # [T, D] -> [K, T, Hd]
+
+    if cfg.use_qk_norm:  # Gemma 3 normalises every query and key head (again with 1 + w) before RoPE
+        q = rms_norm(q, w["self_attn.q_norm.weight"], cfg.rms_norm_eps)  # [H, T, Hd]
+        k = rms_norm(k, w["self_attn.k_norm.weight"], cfg.rms_norm_eps)  # [K, T, Hd]
+
+    local = layer_type == SLIDING
+    rope = cfg.rope_local if local else cfg.rope_global  # Gemma 3: local layers keep a 10k base, unscaled
+    cos, sin = rope_cos_sin(positions, rope_inv_freq(Hd, rope))  # [T, Hd] each
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+    k, v = repeat_kv(k, H // K), repeat_kv(v, H // K)  # [K, T, Hd] -> [H, T, Hd]
+    scale = f32(cfg.query_pre_attn_scalar ** -0.5)  # Gemma 1: Hd ** -0.5; Gemma 2/3: query_pre_attn_scalar ** -0.5
+    scores = (q @ k.transpose(0, 2, 1)) * scale  # [H, T, Hd] @ [H, Hd, T] -> [H, T, T]
+    scores = softcap(scores, cfg.attn_logit_softcapping)  # Gemma 2: cap *before* the mask
+    mask = attention_mask(T, T, cfg.sliding_window if local else None)  # [T, T]
+    scores = np.where(mask, scores, f32(-np.inf))
+    probs = softmax(scores)  # [H, T, T]
+    out = (probs @ v).transpose(1, 0, 2).reshape(T, H * Hd)  # [H, T, Hd] -> [T, H*Hd]
+    return out @ w["self_attn.o_proj.weight"].T  # [T, H*Hd] -> [T, D]
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis.  [..., n] -> [..., n]"""
+    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+# --- one transformer block -----------------------------------------------------------------------
+
+
+def block(h: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig, layer_type: str, positions: np.ndarray) -> np.ndarray:
+    """One decoder layer: attention then MLP, each in a residual branch.  [T, D] -> [T, D]"""
+    eps = cfg.rms_norm_eps
+    a = attention(rms_norm(h, w["input_layernorm.weight"], eps), w, cfg, layer_type, positions)  # [T, D]
+    if cfg.sandwich_norms:
+        # Gemma 2/3: the branch output is normalised too, and the MLP gets its own pre-norm.
+        h = h + rms_norm(a, w["post_attention_layernorm.weight"], eps)
+        m = mlp(rms_norm(h, w["pre_feedforward_layernorm.weight"], eps),
+                w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"])
+        return h + rms_norm(m, w["post_feedforward_layernorm.weight"], eps)
+    # Gemma 1: name trap, its "post_attention_layernorm" is the norm *before* the MLP.
+    h = h + a
+    m = mlp(rms_norm(h, w["post_attention_layernorm.weight"], eps),
+            w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"])
+    return h + m
+
+
+# --- the whole model -----------------------------------------------------------------------------
+
+
+def embed(weights: Weights, ids: np.ndarray, cfg: GemmaConfig) -> np.ndarray:
+    """Token embeddings scaled by sqrt(D).  [T] -> [T, D]"""
+    # The factor is a float32 value (55.425625 for D = 3072); rounding it to bf16 (55.5) is a classic port bug.
+    return weights.embedding_rows(ids) * f32(cfg.embed_scale)
+
+
+def unembed(h: np.ndarray, weights: Weights, cfg: GemmaConfig, block_rows: int = 16384) -> np.ndarray:
+    """Logits against the tied (unscaled) embedding, read in blocks of rows.  [T, D] -> [T, V]"""
+    logits = np.empty((h.shape[0], cfg.vocab_size), dtype=f32)  # [T, V]
+    for start, E in weights.embedding_blocks(block_rows):  # E: [n, D], never all V rows in float32 at once
+        logits[:, start:start + E.shape[0]] = h @ E.T  # [T, D] @ [D, n] -> [T, n]
+    return softcap(logits, cfg.final_logit_softcapping)  # Gemma 2: 30 * tanh(z / 30)
+
+
+def forward(
+    weights: Weights,
+    cfg: GemmaConfig,
+    sequences: list[np.ndarray],
+    progress: Callable[[int, int], None] | None = None,
+) -> list[np.ndarray]:
+    """Token ids to next-token logits for independent sequences.  [T_s] each -> [T_s, V] each
+
+    Each layer's weights are read (and converted to float32) once for all the
+    sequences, and only one layer is in memory at a time.
+    """
+    hs = [embed(weights, ids, cfg) for ids in sequences]  # [T_s, D] each
+    for i, layer_type in enumerate(cfg.layer_types):
+        w = weights.layer(i)  # this layer's tensors in float32
+        hs = [block(h, w, cfg, layer_type, np.arange(len(h))) for h in hs]  # positions 0..T-1: BOS at 0
+        if progress:
+            progress(i + 1, cfg.num_hidden_layers)
+    norm = weights.final_norm()  # [D]
+    h_all = np.concatenate([rms_norm(h, norm, cfg.rms_norm_eps) for h in hs])  # [sum T_s, D]
+    logits = unembed(h_all, weights, cfg)  # [sum T_s, V]: the output matrix is read once for all sequences
+    return np.split(logits, np.cumsum([len(h) for h in hs])[:-1])  # [T_s, V] each
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+class Model:
+    """A Gemma checkpoint on disk, ready to run: ``load_model(dir).forward(ids)``."""
+
+    def __init__(self, path: str | os.PathLike, check: bool = True):
+        self.path = os.fspath(path)
+        if not os.path.isdir(self.path):
+            raise InputError("model path is not a directory", self.path,
+                             hint="pass the directory holding config.json and the safetensors")
+        self.config: GemmaConfig = load_config(self.path)
+        self.weights = Weights(self.path, self.config, check=check)
+
+    def forward(self, token_ids: Sequence[int] | np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """float32 logits of shape [len(token_ids), vocab_size] for a 1-D sequence of token ids."""
+        return self.forward_many([token_ids], progress)[0]
+
+    def forward_many(
+        self, sequences: Sequence[Sequence[int] | np.ndarray], progress: Callable[[int, int], None] | None = None
+    ) -> list[np.ndarray]:
+        """Logits for several independent sequences, reading each layer's weights once for all."""
+        ids = [validate_ids(s, self.config.vocab_size) for s in sequences]
+        return forward(self.weights, self.config, ids, progress)
+
+    def close(self) -> None:
+        self.weights.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def validate_ids(token_ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:
+    """A 1-D int64 array of ids in [0, vocab_size), or an InputError saying what is wrong."""
+    try:
+        ids = np.asarray(token_ids)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"token ids must be a 1-D sequence of integers ({e})") from None
+    if ids.ndim != 1:
+        raise InputError(f"token ids must be a 1-D sequence, got shape {list(ids.shape)}")
+    if ids.size == 0:
+        raise InputError("token ids are empty; give at least one token (usually BOS = 2)")
+    if ids.dtype.kind not in "iu":
+        if ids.dtype.kind == "f" and np.all(ids == np.round(ids)):
+            ids = ids.astype(np.int64)
+        else:
+            raise InputError(f"token ids must be integers, got dtype {ids.dtype}")
+    bad = np.flatnonzero((ids < 0) | (ids >= vocab_size))
+    if bad.size:
+        raise InputError(f"token id {int(ids[bad[0]])} at position {int(bad[0])} is outside the vocabulary "
+                         f"[0, {vocab_size}) ({bad.size} out of range in all)")
+    return ids.astype(np.int64)
+
+
+def load_model(path: str | os.PathLike) -> Model:
+    """Open a model directory (config.json + safetensors) after checking its structure."""
+    return Model(path)

@@ -1,0 +1,308 @@
+"""Reading Gemma weights from safetensors, one layer at a time, never all in float32.
+
+A model directory holds either ``model.safetensors`` or shards listed in
+``model.safetensors.index.json``. Tensors keep their stored dtype (bf16, f16 or
+f32) in the file; the forward pass asks for one layer's weights at a time and
+gets them converted to float32, and reads the embedding/output matrix in blocks
+of rows. safetensors memory-maps the files, so reading a block touches only its
+pages. Only safetensors is ever read: no pickle, whatever else lies in the
+directory.
+
+Tensor names are the Hugging Face ones under a prefix that depends on how the
+model was saved:
+
+=========================  =============================================
+``model.``                 GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM
+``language_model.model.``  Gemma3ForConditionalGeneration, older saves
+``model.language_model.``  Gemma3ForConditionalGeneration, newer saves
+``""`` (none)              a bare GemmaModel / Gemma3TextModel
+=========================  =============================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so safetensors can return it)
+import numpy as np
+from safetensors import SafetensorError, safe_open
+
+from gemma_ref.config import GemmaConfig
+from gemma_ref.errors import InputError
+
+PREFIXES = ("model.", "language_model.model.", "model.language_model.", "")
+# Tensors of other towers in multimodal checkpoints: present, expected, not ours.
+FOREIGN_PREFIXES = ("vision_tower.", "model.vision_tower.", "multi_modal_projector.", "model.multi_modal_projector.",
+                    "vision_model.", "audio_tower.", "model.audio_tower.", "embed_vision.", "model.embed_vision.")
+SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where a tensor is and what it looks like, read from the safetensors header only."""
+
+    name: str  # full name in the checkpoint
+    file: Path  # the safetensors file holding it
+    dtype: str  # safetensors dtype code: "BF16", "F16", "F32", ...
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class WeightIssue:
+    """A structural problem with the weights (release.verify turns these into Findings)."""
+
+    code: str  # "missing", "shape", "dtype", "unexpected", "nonfinite", "mixed_dtype", "foreign", "lm_head"
+    severity: Literal["error", "warning", "info"]
+    message: str
+    tensor: str | None = None
+    file: str | None = None
+
+
+def _open(file: Path):
+    try:
+        return safe_open(str(file), framework="numpy")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise InputError(f"cannot read safetensors file: {e}", file,
+                         hint="the file may be truncated, corrupt, or not safetensors at all") from None
+
+
+def list_checkpoint_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a model directory, from the shard index or the single file."""
+    index = model_dir / INDEX_NAME
+    if index.is_file():
+        try:
+            data = json.loads(index.read_text(encoding="utf-8"))
+            weight_map = data["weight_map"]
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise TypeError("weight_map must map tensor names to file names")
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise InputError(f"invalid shard index: {e}", index) from None
+        files = []
+        for name in dict.fromkeys(weight_map.values()):  # keep order, drop repeats
+            if Path(name).name != name:
+                raise InputError(f"shard name {name!r} must be a plain file name in the model directory", index)
+            shard = model_dir / name
+            if not shard.is_file():
+                raise InputError(f"shard {name!r} listed in the index is missing", index)
+            files.append(shard)
+        return files
+    single = model_dir / SINGLE_NAME
+    if single.is_file():
+        return [single]
+    others = sorted(model_dir.glob("*.safetensors"))
+    if len(others) == 1:
+        return others
+    if not others:
+        pickles = [p.name for p in model_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
+        hint = ("only pickle weights found (" + ", ".join(pickles) + "); they are never loaded: convert to safetensors"
+                if pickles else "expected model.safetensors or model.safetensors.index.json")
+        raise InputError("no safetensors weights found", model_dir, hint=hint)
+    raise InputError(f"{len(others)} safetensors files but no {INDEX_NAME} saying how they fit together", model_dir)
+
+
+def read_headers(files: list[Path]) -> dict[str, TensorInfo]:
+    """Name -> TensorInfo for every tensor in the files (headers only, no data read)."""
+    infos: dict[str, TensorInfo] = {}
+    for file in files:
+        with _open(file) as f:
+            for name in f.keys():
+                sl = f.get_slice(name)
+                info = TensorInfo(name, file, sl.get_dtype(), tuple(int(x) for x in sl.get_shape()))
+                if name in infos:
+                    raise InputError(f"tensor {name!r} appears in two files ({infos[name].file.name} and {file.name})", file)
+                infos[name] = info
+    return infos
+
+
+def detect_prefix(names: set[str] | dict, model_dir: Path) -> str:
+    """The prefix under which the text model's tensors are stored (see the module docstring)."""
+    for prefix in PREFIXES:
+        if prefix + "embed_tokens.weight" in names:
+            return prefix
+    raise InputError("no embedding tensor found (looked for " +
+                     ", ".join(repr(p + "embed_tokens.weight") for p in PREFIXES) + ")", model_dir,
+                     hint="is this a Gemma checkpoint?")
+
+
+def expected_shapes(cfg: GemmaConfig) -> dict[str, tuple[int, ...]]:
+    """Tensor name (without prefix) -> shape, for every tensor the text model needs."""
+    d, f, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"embed_tokens.weight": (cfg.vocab_size, d), "norm.weight": (d,)}
+    for i in range(cfg.num_hidden_layers):
+        p = f"layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (d,),
+            p + "self_attn.q_proj.weight": (cfg.q_width, d),
+            p + "self_attn.k_proj.weight": (cfg.kv_width, d),
+            p + "self_attn.v_proj.weight": (cfg.kv_width, d),
+            p + "self_attn.o_proj.weight": (d, cfg.q_width),
+            p + "post_attention_layernorm.weight": (d,),
+            p + "mlp.gate_proj.weight": (f, d),
+            p + "mlp.up_proj.weight": (f, d),
+            p + "mlp.down_proj.weight": (d, f),
+        })
+        if cfg.sandwich_norms:
+            shapes[p + "pre_feedforward_layernorm.weight"] = (d,)
+            shapes[p + "post_feedforward_layernorm.weight"] = (d,)
+        if cfg.use_qk_norm:
+            shapes[p + "self_attn.q_norm.weight"] = (hd,)
+            shapes[p + "self_attn.k_norm.weight"] = (hd,)
+    return shapes
+
+
+def check_structure(cfg: GemmaConfig, infos: dict[str, TensorInfo], prefix: str) -> list[WeightIssue]:
+    """Every expected tensor present with the right shape and a float dtype; unexpected ones reported."""
+    issues: list[WeightIssue] = []
+    want = expected_shapes(cfg)
+    for rel, shape in want.items():
+        info = infos.get(prefix + rel)
+        if info is None:
+            issues.append(WeightIssue("missing", "error", f"tensor {prefix + rel!r} is missing", prefix + rel))
+            continue
+        if info.shape != shape:
+            issues.append(WeightIssue("shape", "error",
+                                      f"tensor {info.name!r} has shape {list(info.shape)}, the config implies {list(shape)}",
+                                      info.name, str(info.file)))
+        if info.dtype not in SAFETENSORS_DTYPES:
+            issues.append(WeightIssue("dtype", "error",
+                                      f"tensor {info.name!r} is stored as {info.dtype}; expected BF16, F16 or F32",
+                                      info.name, str(info.file)))
+    stored = {SAFETENSORS_DTYPES.get(infos[prefix + r].dtype, infos[prefix + r].dtype) for r in want if prefix + r in infos}
+    if len(stored) > 1:
+        issues.append(WeightIssue("mixed_dtype", "warning", f"weights mix storage dtypes: {', '.join(sorted(stored))}"))
+    elif stored and cfg.storage_dtype and stored != {cfg.storage_dtype}:
+        issues.append(WeightIssue("dtype", "warning",
+                                  f"config declares {cfg.storage_dtype} but the weights are stored as {stored.pop()}"))
+    foreign = 0
+    for name, info in infos.items():
+        if name.startswith(prefix) and name[len(prefix):] in want:
+            continue
+        if name in ("lm_head.weight", prefix + "lm_head.weight"):
+            # Gemma ties the output head to the embedding; transformers ignores a stored lm_head, and so do we.
+            issues.append(WeightIssue("lm_head", "warning",
+                                      f"{name!r} present: Gemma's output head is the tied embedding, so it is ignored",
+                                      name, str(info.file)))
+        elif name.startswith(FOREIGN_PREFIXES) or (prefix and not name.startswith(prefix)):
+            foreign += 1
+        else:
+            issues.append(WeightIssue("unexpected", "warning", f"unexpected tensor {name!r} (not used by the text model)",
+                                      name, str(info.file)))
+    if foreign:
+        issues.append(WeightIssue("foreign", "info", f"{foreign} tensors of other towers (vision/audio/projector) ignored"))
+    return issues
+
+
+class Weights:
+    """Lazy access to a checkpoint's text-model tensors, converted to float32 on demand."""
+
+    def __init__(self, model_dir: str | os.PathLike, cfg: GemmaConfig, check: bool = True):
+        self.dir = Path(model_dir)
+        self.cfg = cfg
+        self.files = list_checkpoint_files(self.dir)
+        self.infos = read_headers(self.files)
+        self.prefix = detect_prefix(self.infos, self.dir)
+        self.issues = check_structure(cfg, self.infos, self.prefix)
+        if check:
+            errors = [i for i in self.issues if i.severity == "error"]
+            if errors:
+                shown = "; ".join(i.message for i in errors[:8])
+                more = f" (and {len(errors) - 8} more)" if len(errors) > 8 else ""
+                raise InputError(f"weights do not fit config.json: {shown}{more}", self.dir)
+        self._handles: dict[Path, object] = {}
+
+    # --- raw access --------------------------------------------------------------------------
+
+    def _handle(self, file: Path):
+        h = self._handles.get(file)
+        if h is None:
+            h = self._handles[file] = _open(file).__enter__()
+        return h
+
+    def _slice(self, rel: str):
+        info = self.infos[self.prefix + rel]
+        return self._handle(info.file).get_slice(info.name)
+
+    def tensor(self, rel: str) -> np.ndarray:
+        """One tensor (name without prefix) in float32."""
+        try:
+            return np.asarray(self._slice(rel)[:], dtype=np.float32)
+        except (SafetensorError, OSError, ValueError, TypeError) as e:
+            raise InputError(f"cannot read tensor {self.prefix + rel!r}: {e}", self.infos[self.prefix + rel].file) from None
+
+    def rows(self, rel: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of a 2-D tensor in float32; only those rows are read from the file."""
+        try:
+            return np.asarray(self._slice(rel)[start:stop], dtype=np.float32)
+        except (SafetensorError, OSError, ValueError, TypeError) as e:
+            raise InputError(f"cannot read tensor {self.prefix + rel!r}: {e}", self.infos[self.prefix + rel].file) from None
+
+    # --- what the forward pass asks for --------------------------------------------------------
+
+    def embedding_rows(self, ids: np.ndarray) -> np.ndarray:
+        """E[ids] in float32, gathering only the rows needed.  [T] -> [T, hidden]"""
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        rows = np.empty((len(uniq), self.cfg.hidden_size), dtype=np.float32)
+        for j, tok in enumerate(uniq):
+            rows[j] = self.rows("embed_tokens.weight", int(tok), int(tok) + 1)[0]
+        return rows[inverse.reshape(-1)]
+
+    def embedding_blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """The embedding matrix in blocks of rows, float32: yields (first row, [n, hidden])."""
+        for start in range(0, self.cfg.vocab_size, block_rows):
+            yield start, self.rows("embed_tokens.weight", start, min(start + block_rows, self.cfg.vocab_size))
+
+    def layer(self, i: int) -> dict[str, np.ndarray]:
+        """All tensors of layer i in float32, keyed by their name inside the layer."""
+        p = f"layers.{i}."
+        return {rel[len(p):]: self.tensor(rel) for rel in expected_shapes(self.cfg) if rel.startswith(p)}
+
+    def final_norm(self) -> np.ndarray:
+        return self.tensor("norm.weight")
+
+    # --- reporting -----------------------------------------------------------------------------
+
+    def scan_nonfinite(self, block_bytes: int = 256 << 20) -> list[WeightIssue]:
+        """NaN/Inf anywhere in the text model's tensors, read in blocks of rows."""
+        issues = []
+        for rel in expected_shapes(self.cfg):
+            info = self.infos[self.prefix + rel]
+            n_rows = info.shape[0]
+            row_bytes = max(1, int(np.prod(info.shape[1:], dtype=np.int64)) * 4)
+            step = max(1, block_bytes // row_bytes)
+            bad = 0
+            for start in range(0, n_rows, step):
+                block = self.rows(rel, start, min(n_rows, start + step))
+                bad += int(block.size - np.count_nonzero(np.isfinite(block)))
+            if bad:
+                issues.append(WeightIssue("nonfinite", "error", f"tensor {info.name!r} holds {bad} NaN/Inf values",
+                                          info.name, str(info.file)))
+        return issues
+
+    def storage_dtypes(self) -> dict[str, int]:
+        """Stored dtype -> number of text-model tensors in it."""
+        counts: dict[str, int] = {}
+        for rel in expected_shapes(self.cfg):
+            dt = SAFETENSORS_DTYPES.get(self.infos[self.prefix + rel].dtype, self.infos[self.prefix + rel].dtype)
+            counts[dt] = counts.get(dt, 0) + 1
+        return counts
+
+    def parameter_count(self) -> int:
+        """Parameters in the text model's tensors as stored (tied head counted once)."""
+        return sum(int(np.prod(self.infos[self.prefix + rel].shape, dtype=np.int64)) for rel in expected_shapes(self.cfg))
+
+    def bytes_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+    def close(self) -> None:
+        for h in self._handles.values():
+            try:
+                h.__exit__(None, None, None)
+            except Exception:  # pragma: no cover - closing is best effort
+                pass
+        self._handles.clear()

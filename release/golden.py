@@ -1,0 +1,288 @@
+"""Golden-logit files: expected logits for a model at a revision, in a safetensors container.
+
+One file holds several prompts. For prompt ``i``:
+
+* ``ids.{i}``            int64   [T]      the token ids that were run (BOS included)
+* full storage:
+  ``logits.{i}``         float32 [T, V]   every logit of every position
+* top-k storage (for big vocabularies; 256k-wide rows are 1 MB a position):
+  ``topk_ids.{i}``       int64   [T, k]   the k largest logits' ids, largest first
+  ``topk_logits.{i}``    float32 [T, k]   their values
+  ``lse.{i}``            float32 [T]      log-sum-exp of the whole row (pins the rest of the distribution)
+
+``__metadata__`` (strings only, as safetensors requires) says what produced the
+logits; ``prompts`` is a JSON list. ``schemas/golden.schema.json`` describes it
+and every file is validated against it on read.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from release.errors import InputError
+from release.resources import load_schema
+
+FORMAT = "gemma-release-golden"
+FORMAT_VERSION = "1"
+STORAGES = ("full", "topk")
+
+
+@dataclass
+class GoldenPrompt:
+    """One prompt of a golden file and its expected logits."""
+
+    name: str  # a short label ("en-1", "chat", "ids-0", ...)
+    ids: np.ndarray  # int64 [T]
+    logits: np.ndarray | None = None  # float32 [T, V] (full storage)
+    topk_ids: np.ndarray | None = None  # int64 [T, k] (top-k storage)
+    topk_logits: np.ndarray | None = None  # float32 [T, k]
+    lse: np.ndarray | None = None  # float32 [T]
+    text: str | None = None  # the text that was tokenized, if the prompt was text
+    messages: list[dict[str, str]] | None = None  # the chat turns, if the prompt used the chat template
+
+
+@dataclass
+class Golden:
+    """A golden file in memory."""
+
+    prompts: list[GoldenPrompt]
+    vocab_size: int
+    producer: str  # "gemma_ref" or "transformers"
+    producer_version: str
+    compute_dtype: str = "float32"
+    storage: str = "full"
+    model: str = ""  # what the logits were computed from (path or repo id)
+    revision: str | None = None
+    model_type: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)  # unknown metadata keys, kept as read
+    path: Path | None = None
+
+    @property
+    def topk(self) -> int | None:
+        if self.storage != "topk" or not self.prompts:
+            return None
+        return int(self.prompts[0].topk_ids.shape[1])
+
+
+def make_prompt(name: str, ids: np.ndarray, logits: np.ndarray, storage: str, topk: int = 64,
+                text: str | None = None, messages: list[dict[str, str]] | None = None) -> GoldenPrompt:
+    """A GoldenPrompt from full float32 logits [T, V], keeping all of them or only the top k."""
+    logits = np.asarray(logits, dtype=np.float32)
+    ids = np.asarray(ids, dtype=np.int64)
+    if storage == "full":
+        return GoldenPrompt(name, ids, logits=logits, text=text, messages=messages)
+    k = min(topk, logits.shape[1])
+    part = np.argpartition(-logits, k - 1, axis=1)[:, :k]  # the k largest, unordered  [T, k]
+    order = np.argsort(-np.take_along_axis(logits, part, axis=1), axis=1, kind="stable")
+    top_ids = np.take_along_axis(part, order, axis=1)  # largest first
+    return GoldenPrompt(name, ids, topk_ids=top_ids.astype(np.int64),
+                        topk_logits=np.take_along_axis(logits, top_ids, axis=1), lse=logsumexp(logits),
+                        text=text, messages=messages)
+
+
+def logsumexp(x: np.ndarray) -> np.ndarray:
+    """log(sum(exp(x))) over the last axis, in float64 for accuracy, returned as float32.  [T, V] -> [T]"""
+    x64 = x.astype(np.float64)
+    m = x64.max(axis=-1)
+    return (m + np.log(np.exp(x64 - m[..., None]).sum(axis=-1))).astype(np.float32)
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def write_golden(golden: Golden, path: str | os.PathLike) -> Path:
+    """Write atomically (temp file + rename), so a failure never leaves half a golden file."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    tensors: dict[str, np.ndarray] = {}
+    prompts_meta = []
+    for i, p in enumerate(golden.prompts):
+        tensors[f"ids.{i}"] = np.ascontiguousarray(p.ids, dtype=np.int64)
+        if golden.storage == "full":
+            tensors[f"logits.{i}"] = np.ascontiguousarray(p.logits, dtype=np.float32)
+        else:
+            tensors[f"topk_ids.{i}"] = np.ascontiguousarray(p.topk_ids, dtype=np.int64)
+            tensors[f"topk_logits.{i}"] = np.ascontiguousarray(p.topk_logits, dtype=np.float32)
+            tensors[f"lse.{i}"] = np.ascontiguousarray(p.lse, dtype=np.float32)
+        entry: dict[str, Any] = {"name": p.name, "n_tokens": int(len(p.ids))}
+        if p.text is not None:
+            entry["text"] = p.text
+        if p.messages is not None:
+            entry["messages"] = p.messages
+        prompts_meta.append(entry)
+    meta = {
+        **golden.extra,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "producer": golden.producer,
+        "producer_version": golden.producer_version,
+        "compute_dtype": golden.compute_dtype,
+        "storage": golden.storage,
+        "vocab_size": str(golden.vocab_size),
+        "model": golden.model,
+        "created": golden.extra.get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "prompts": json.dumps(prompts_meta, ensure_ascii=False),
+    }
+    if golden.storage == "topk":
+        meta["topk"] = str(golden.topk)
+    if golden.revision:
+        meta["revision"] = golden.revision
+    if golden.model_type:
+        meta["model_type"] = golden.model_type
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def read_golden(path: str | os.PathLike) -> Golden:
+    """Read and validate a golden file; every problem is an InputError naming the file."""
+    import jsonschema
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("golden file not found", path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise InputError(f"not a readable safetensors golden file: {e}", path) from None
+
+    doc: dict[str, Any] = dict(meta)
+    try:
+        doc["prompts"] = json.loads(meta.get("prompts", "null"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"metadata 'prompts' is not JSON: {e.msg}", path) from None
+    validator = jsonschema.Draft202012Validator(load_schema("golden.schema.json"))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
+    if error is not None:
+        pointer = "/" + "/".join(str(p) for p in error.absolute_path)
+        raise InputError(f"metadata {pointer}: {error.message}", path,
+                         hint="is this a gemma-release golden file?" if meta.get("format") != FORMAT else None)
+
+    vocab = int(meta["vocab_size"])
+    storage = meta["storage"]
+    prompts = []
+    for i, pm in enumerate(doc["prompts"]):
+        def need(name: str, ndim: int, kind: str) -> np.ndarray:
+            key = f"{name}.{i}"
+            if key not in tensors:
+                raise InputError(f"tensor {key!r} is missing (prompt {pm['name']!r})", path)
+            t = tensors[key]
+            if t.ndim != ndim or t.dtype.kind != kind:
+                raise InputError(f"tensor {key!r} must be {ndim}-D {'integer' if kind == 'i' else 'float'}, "
+                                 f"got {t.ndim}-D {t.dtype}", path)
+            return t
+
+        ids = need("ids", 1, "i")
+        T = len(ids)
+        if T == 0 or T != pm["n_tokens"]:
+            raise InputError(f"prompt {pm['name']!r}: ids hold {T} tokens, metadata says {pm['n_tokens']}", path)
+        if ids.min() < 0 or ids.max() >= vocab:
+            raise InputError(f"prompt {pm['name']!r}: token ids outside [0, {vocab})", path)
+        gp = GoldenPrompt(pm["name"], ids.astype(np.int64), text=pm.get("text"), messages=pm.get("messages"))
+        if storage == "full":
+            gp.logits = need("logits", 2, "f").astype(np.float32)
+            if gp.logits.shape != (T, vocab):
+                raise InputError(f"tensor 'logits.{i}' has shape {list(gp.logits.shape)}, expected [{T}, {vocab}]", path)
+        else:
+            gp.topk_ids = need("topk_ids", 2, "i").astype(np.int64)
+            gp.topk_logits = need("topk_logits", 2, "f").astype(np.float32)
+            gp.lse = need("lse", 1, "f").astype(np.float32)
+            k = int(meta["topk"])
+            if gp.topk_ids.shape != (T, k) or gp.topk_logits.shape != (T, k) or gp.lse.shape != (T,):
+                raise InputError(f"prompt {pm['name']!r}: top-k tensors must be [{T}, {k}], [{T}, {k}] and [{T}]", path)
+            if gp.topk_ids.min() < 0 or gp.topk_ids.max() >= vocab:
+                raise InputError(f"prompt {pm['name']!r}: top-k ids outside [0, {vocab})", path)
+        if not all(np.all(np.isfinite(a)) for a in (gp.logits, gp.topk_logits, gp.lse) if a is not None):
+            raise InputError(f"prompt {pm['name']!r}: expected logits contain NaN or Inf", path)
+        prompts.append(gp)
+    known = {"format", "format_version", "producer", "producer_version", "compute_dtype", "storage", "vocab_size",
+             "model", "prompts", "topk", "revision", "model_type"}
+    return Golden(
+        prompts=prompts, vocab_size=vocab, producer=meta["producer"], producer_version=meta["producer_version"],
+        compute_dtype=meta["compute_dtype"], storage=storage, model=meta.get("model", ""),
+        revision=meta.get("revision"), model_type=meta.get("model_type"),
+        extra={k: v for k, v in meta.items() if k not in known}, path=path,
+    )
+
+
+# --- making a golden file ----------------------------------------------------------------------------
+
+
+@dataclass
+class PromptSpec:
+    """A prompt to record: ids directly, or text / chat turns that the model's tokenizer turns into ids."""
+
+    name: str
+    ids: list[int] | None = None
+    text: str | None = None
+    messages: list[dict[str, str]] | None = None
+
+
+def parse_ids(spec: str, index: int = 0) -> PromptSpec:
+    """``"2,651,6037"`` (commas and/or spaces) -> PromptSpec of those ids."""
+    try:
+        ids = [int(x) for x in spec.replace(",", " ").split()]
+    except ValueError:
+        raise InputError(f"--ids {spec!r}: expected integers separated by commas") from None
+    if not ids:
+        raise InputError("--ids is empty")
+    return PromptSpec(f"ids-{index}", ids=ids)
+
+
+def make_golden(model_dir: str | os.PathLike, out: str | os.PathLike, prompts: list[PromptSpec],
+                backend: str = "gemma_ref", storage: str = "full", topk: int = 64, model_name: str | None = None,
+                revision: str | None = None, progress=None) -> Golden:
+    """Compute logits for the prompts with a backend and write them as a golden file."""
+    from gemma_ref.config import load_config
+    from gemma_ref.model import validate_ids
+    from release.backends import compute_logits
+
+    if storage not in STORAGES:
+        raise InputError(f"storage must be one of {', '.join(STORAGES)}, not {storage!r}")
+    if topk < 1:
+        raise InputError("--topk must be at least 1")
+    model_dir = Path(model_dir)
+    cfg = load_config(model_dir)
+    specs = resolve_prompt_ids(prompts, model_dir)
+    sequences = [validate_ids(p.ids, cfg.vocab_size) for p in specs]
+    logits, version = compute_logits(backend, model_dir, sequences, progress)
+    golden = Golden(
+        prompts=[make_prompt(p.name, ids, lg, storage, topk, p.text, p.messages)
+                 for p, ids, lg in zip(specs, sequences, logits)],
+        vocab_size=cfg.vocab_size, producer=backend, producer_version=version, storage=storage,
+        model=model_name or str(model_dir), revision=revision, model_type=cfg.model_type,
+    )
+    write_golden(golden, out)
+    golden.path = Path(out)
+    return golden
+
+
+def resolve_prompt_ids(prompts: list[PromptSpec], model_dir: Path) -> list[PromptSpec]:
+    """Fill in ids for text / chat prompts with the model's own tokenizer."""
+    if all(p.ids is not None for p in prompts):
+        return prompts
+    from release.prompts import tokenize_prompt_specs  # needs the tokenizer stack only for text prompts
+
+    return tokenize_prompt_specs(prompts, model_dir)

@@ -1,0 +1,284 @@
+"""Verify a checkpoint: structural checks on its files, then its logits against a golden file.
+
+Order of work, so that the cheap checks speak first:
+
+1. the golden file is read and validated (schema, tensor shapes);
+2. config.json is parsed and the safetensors headers checked against it (every
+   tensor present, right shape, float dtype; unexpected ones reported);
+3. optionally every weight is scanned for NaN/Inf;
+4. the prompts' token ids are run through the NumPy reference and compared
+   with the golden logits: max |Δlogit|, top-1 agreement, KL divergence.
+
+Bad input (unreadable files, a golden for another vocabulary, missing tensors)
+raises :class:`InputError` (exit 2). Logits outside tolerance and non-finite
+weights are error findings (exit 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from release.errors import InputError
+from release.findings import Finding, has_errors
+from release.golden import Golden, GoldenPrompt, logsumexp, read_golden
+
+# Rule ids of the verify stream, defined once (the CLI's help and the README derive from this).
+RULES: dict[str, str] = {
+    "WEIGHTS001": "a tensor the config requires is missing",
+    "WEIGHTS002": "a tensor's shape does not fit the config",
+    "WEIGHTS003": "a tensor's dtype is not BF16/F16/F32, or differs from the config's declared dtype",
+    "WEIGHTS004": "a tensor the text model does not use (or an lm_head, which Gemma ties to the embedding)",
+    "WEIGHTS005": "NaN or Inf values in a weight tensor",
+    "WEIGHTS006": "tensors of other towers (vision, audio) present and ignored",
+    "LOGITS001": "logits differ from the golden file by more than the tolerance",
+    "LOGITS002": "KL divergence or top-1 agreement outside the requested bounds",
+    "TOKENS001": "the model's tokenizer gives other ids for a golden prompt's text than the golden recorded",
+}
+_ISSUE_RULE = {"missing": "WEIGHTS001", "shape": "WEIGHTS002", "dtype": "WEIGHTS003", "mixed_dtype": "WEIGHTS003",
+               "unexpected": "WEIGHTS004", "lm_head": "WEIGHTS004", "nonfinite": "WEIGHTS005", "foreign": "WEIGHTS006"}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """When two logit arrays count as the same: |Δ| <= atol + rtol * |golden| everywhere."""
+
+    atol: float = 1e-4  # absolute; float32 reruns of the same weights differ by ~1e-6 at Gemma's magnitudes
+    rtol: float = 1e-5  # relative to the golden value (soft-capped logits reach ±30, uncapped ones more)
+    max_kl: float | None = None  # optional bound on the largest per-position KL(golden || ours)
+    min_top1: float | None = None  # optional bound on the fraction of positions whose argmax agrees
+
+
+@dataclass
+class PromptResult:
+    """How one prompt's logits compare with the golden file."""
+
+    name: str
+    n_tokens: int
+    max_abs_diff: float  # largest |ours - golden| over every compared logit (and log-sum-exp for top-k)
+    worst_position: int  # position of that largest difference
+    top1_agreement: float  # fraction of positions where both argmaxes agree
+    mean_kl: float  # mean over positions of KL(golden || ours), nats
+    max_kl: float
+    within_tolerance: bool
+    tokens_match: bool | None = None  # None: the golden recorded no text, or no tokenizer to check with
+
+
+@dataclass
+class VerifyReport:
+    model: str
+    golden: str
+    golden_producer: str
+    storage: str
+    tolerance: Tolerance
+    prompts: list[PromptResult] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not has_errors(self.findings)
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((p.max_abs_diff for p in self.prompts), default=0.0)
+
+    def verdict(self) -> str:
+        n_pos = sum(p.n_tokens for p in self.prompts)
+        head = "PASS" if self.ok else "FAIL"
+        if not self.prompts:
+            return f"{head}: logits not compared ({len([f for f in self.findings if f.severity == 'error'])} errors)"
+        bad = sum(not p.within_tolerance for p in self.prompts)
+        return (f"{head}: {len(self.prompts)} prompts, {n_pos} positions, max |Δlogit| {self.max_abs_diff:.3g} "
+                f"(tolerance {self.tolerance.atol:g} + {self.tolerance.rtol:g}·|golden|)"
+                + (f", {bad} prompts outside tolerance" if bad else "")
+                + (f", {sum(f.severity == 'error' for f in self.findings)} errors" if not self.ok else ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "verdict": self.verdict(),
+            "model": self.model,
+            "golden": self.golden,
+            "golden_producer": self.golden_producer,
+            "storage": self.storage,
+            "tolerance": asdict(self.tolerance),
+            "max_abs_diff": self.max_abs_diff,
+            "prompts": [asdict(p) for p in self.prompts],
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+# --- comparing one prompt ----------------------------------------------------------------------
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
+
+
+def compare_prompt(ours: np.ndarray, golden: GoldenPrompt, tol: Tolerance) -> PromptResult:
+    """Compare our logits [T, V] with one golden prompt (full rows or top-k + log-sum-exp)."""
+    if golden.logits is not None:
+        g = golden.logits
+        diff = np.abs(ours - g)  # [T, V]
+        within = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(g)))
+        lp_g, lp_o = _log_softmax(g), _log_softmax(ours)
+        kl = np.sum(np.exp(lp_g) * (lp_g - lp_o), axis=-1)  # [T]
+        top1 = np.argmax(ours, axis=-1) == np.argmax(g, axis=-1)
+        per_pos = diff.max(axis=-1)
+    else:
+        ids, g_top, g_lse = golden.topk_ids, golden.topk_logits, golden.lse
+        o_top = np.take_along_axis(ours, ids, axis=1)  # [T, k]
+        o_lse = logsumexp(ours)  # [T]
+        d_top = np.abs(o_top - g_top)
+        d_lse = np.abs(o_lse - g_lse)
+        within = bool(np.all(d_top <= tol.atol + tol.rtol * np.abs(g_top))
+                      and np.all(d_lse <= tol.atol + tol.rtol * np.abs(g_lse)))
+        per_pos = np.maximum(d_top.max(axis=-1), d_lse)
+        # KL over the top-k ids plus one bucket for the rest: a lower bound of the full KL, exact when k = V.
+        lp_g = g_top.astype(np.float64) - g_lse[:, None]
+        lp_o = o_top.astype(np.float64) - o_lse[:, None].astype(np.float64)
+        r_g = np.clip(1.0 - np.exp(lp_g).sum(axis=-1), 1e-300, 1.0)
+        r_o = np.clip(1.0 - np.exp(lp_o).sum(axis=-1), 1e-300, 1.0)
+        kl = np.sum(np.exp(lp_g) * (lp_g - lp_o), axis=-1) + r_g * (np.log(r_g) - np.log(r_o))
+        top1 = np.argmax(ours, axis=-1) == ids[:, 0]
+    kl = np.maximum(kl, 0.0)  # rounding can give -1e-17
+    worst = int(np.argmax(per_pos))
+    return PromptResult(
+        name=golden.name, n_tokens=int(len(golden.ids)), max_abs_diff=float(per_pos[worst]), worst_position=worst,
+        top1_agreement=float(np.mean(top1)), mean_kl=float(np.mean(kl)), max_kl=float(np.max(kl)),
+        within_tolerance=within,
+    )
+
+
+def prompt_findings(res: PromptResult, tol: Tolerance, golden_path: str) -> list[Finding]:
+    out = []
+    if not res.within_tolerance:
+        out.append(Finding("LOGITS001", "error",
+                           f"prompt {res.name!r}: max |Δlogit| {res.max_abs_diff:.3g} at position {res.worst_position} "
+                           f"exceeds {tol.atol:g} + {tol.rtol:g}·|golden|", path=golden_path))
+    if tol.max_kl is not None and res.max_kl > tol.max_kl:
+        out.append(Finding("LOGITS002", "error",
+                           f"prompt {res.name!r}: max KL {res.max_kl:.3g} exceeds {tol.max_kl:g}", path=golden_path))
+    if tol.min_top1 is not None and res.top1_agreement < tol.min_top1:
+        out.append(Finding("LOGITS002", "error",
+                           f"prompt {res.name!r}: top-1 agreement {res.top1_agreement:.1%} below {tol.min_top1:.1%}",
+                           path=golden_path))
+    return out
+
+
+# --- structure -----------------------------------------------------------------------------------
+
+
+def structure_findings(issues, model_dir: str) -> list[Finding]:
+    """WeightIssues (gemma_ref) as Findings."""
+    return [Finding(_ISSUE_RULE.get(i.code, "WEIGHTS004"), i.severity, i.message, path=i.file or model_dir)
+            for i in issues]
+
+
+def retokenize_findings(golden: Golden, model_dir: Path) -> dict[str, bool]:
+    """For golden prompts recorded as text: does the model's own tokenizer give the same ids?"""
+    from release.prompts import encode_golden_prompt  # noqa: PLC0415 (tokenizer stack only when needed)
+
+    return encode_golden_prompt(golden, model_dir)
+
+
+# --- the whole verification ------------------------------------------------------------------------
+
+
+def verify_model(
+    model_dir: str | Path,
+    golden_path: str | Path,
+    tol: Tolerance = Tolerance(),
+    scan_nonfinite: bool = True,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> VerifyReport:
+    """Run every check on ``model_dir`` against ``golden_path`` and return the report."""
+    from gemma_ref.config import load_config
+    from gemma_ref.model import forward, validate_ids
+    from gemma_ref.weights import Weights
+
+    model_dir = Path(model_dir)
+    golden = read_golden(golden_path)
+    if not model_dir.is_dir():
+        raise InputError("model path is not a directory", model_dir)
+    cfg = load_config(model_dir)
+    if golden.vocab_size != cfg.vocab_size:
+        raise InputError(f"golden file was made for a vocabulary of {golden.vocab_size}, "
+                         f"but the model's config says {cfg.vocab_size}", golden.path,
+                         hint="a golden belongs to one model family; make a new one with `gemma-release golden`")
+    report = VerifyReport(model=str(model_dir), golden=str(golden.path), golden_producer=
+                          f"{golden.producer} {golden.producer_version}", storage=golden.storage, tolerance=tol)
+
+    weights = Weights(model_dir, cfg, check=True)  # missing tensors / wrong shapes: InputError, exit 2
+    try:
+        report.findings += structure_findings(weights.issues, str(model_dir))
+        if scan_nonfinite:
+            if progress:
+                progress("scanning weights for NaN/Inf", 0, 1)
+            report.findings += structure_findings(weights.scan_nonfinite(), str(model_dir))
+            if has_errors(report.findings):
+                return report  # logits of non-finite weights say nothing more
+
+        token_checks = _token_checks(golden, model_dir)
+        sequences = [validate_ids(p.ids, cfg.vocab_size) for p in golden.prompts]
+        step = (lambda i, n: progress("forward", i, n)) if progress else None
+        logits = forward(weights, cfg, sequences, step)
+    finally:
+        weights.close()
+
+    for ours, gp in zip(logits, golden.prompts):
+        res = compare_prompt(ours, gp, tol)
+        res.tokens_match = token_checks.get(gp.name)
+        report.prompts.append(res)
+        report.findings += prompt_findings(res, tol, str(golden.path))
+        if res.tokens_match is False:
+            report.findings.append(Finding(
+                "TOKENS001", "error",
+                f"prompt {gp.name!r}: the model's tokenizer encodes the recorded text to other ids than the golden's "
+                "(a tokenizer change, separate from the logits)", path=str(model_dir)))
+    return report
+
+
+def _token_checks(golden: Golden, model_dir: Path) -> dict[str, bool]:
+    """Re-tokenize text prompts when the model ships a tokenizer; {} when nothing can be checked."""
+    if not any(p.text is not None or p.messages is not None for p in golden.prompts):
+        return {}
+    if not (model_dir / "tokenizer.model").is_file():
+        return {}
+    try:
+        return retokenize_findings(golden, model_dir)
+    except ImportError:
+        return {}
+
+
+def render_report(report: VerifyReport):
+    """A rich renderable: findings, one table row per prompt, and the verdict line."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from release.findings import render_text
+
+    parts: list[Any] = []
+    shown = [f for f in report.findings if not f.rule.startswith("LOGITS")]
+    if shown:
+        parts.append(Text(render_text(shown).rsplit("\n", 1)[0]))
+    if report.prompts:
+        t = Table(title=f"{report.model} vs {report.golden} ({report.golden_producer}, {report.storage})",
+                  title_justify="left")
+        for col in ("prompt", "tokens", "max |Δlogit|", "at pos", "top-1 agree", "mean KL", "max KL", ""):
+            t.add_column(col, justify="left" if col in ("prompt", "") else "right")
+        for p in report.prompts:
+            status = "ok" if p.within_tolerance else "[red]MISMATCH[/]"
+            if p.tokens_match is False:
+                status += " [red]ids differ[/]"
+            t.add_row(p.name, str(p.n_tokens), f"{p.max_abs_diff:.3g}", str(p.worst_position),
+                      f"{p.top1_agreement:.1%}", f"{p.mean_kl:.3g}", f"{p.max_kl:.3g}", status)
+        parts.append(t)
+    parts.append(Text(report.verdict(), style="bold green" if report.ok else "bold red"))
+    return Group(*parts)
