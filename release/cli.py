@@ -28,7 +28,8 @@ app = typer.Typer(
 card_app = typer.Typer(help="Check and fix model cards (metadata schema, Gemma Terms of Use).", no_args_is_help=True)
 app.add_typer(card_app, name="card")
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output is not cut to 80 columns: tables stay whole in logs and CI.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 _state = {"debug": False}
 
@@ -159,6 +160,48 @@ def verify(
 
 # --- tokenizer ---------------------------------------------------------------------------------
 
+
+@app.command("tokenize")
+def tokenize_cmd(
+    model: Annotated[Path, typer.Argument(help="Model directory holding tokenizer.model, or the tokenizer.model file.", show_default=False)],
+    text: Annotated[str, typer.Argument(help="Text to tokenize, taken verbatim (quote it).", show_default=False)],
+    json_out: JsonOpt = False,
+    backend: Annotated[Literal["sentencepiece", "reference"], typer.Option("--backend", help="sentencepiece (the library) or reference (pure Python).")] = "sentencepiece",
+    no_bos: Annotated[bool, typer.Option("--no-bos", help="Do not prepend the BOS id.")] = False,
+    chat: Annotated[bool, typer.Option("--chat", help="Treat TEXT as one user turn of the chat template (BOS and generation prompt included).")] = False,
+) -> None:
+    """Print the token ids and pieces of TEXT with the model's own tokenizer."""
+    import json
+    import warnings
+
+    from rich.table import Table
+    from rich.text import Text
+
+    from gemma_ref.tokenizer import Tokenizer, printable_piece
+
+    tok = Tokenizer(model, backend=backend)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if chat:
+            ids = tok.apply_chat_template([{"role": "user", "content": text}])
+        else:
+            ids = tok.encode(text, bos=not no_bos)
+    for w in caught:
+        err.print(Text(f"warning: {w.message}"))
+    pieces = tok.pieces(ids)
+    if json_out:
+        print(json.dumps({"tokenizer": str(tok.path), "backend": backend, "ids": ids, "pieces": pieces}, ensure_ascii=False))
+        return
+    table = Table(box=None, pad_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("id", justify="right")
+    table.add_column("piece")
+    for n, (i, piece) in enumerate(zip(ids, pieces)):
+        table.add_row(str(n), str(i), Text(printable_piece(piece)))
+    out.print(table)
+    out.print(Text(f"{len(ids)} tokens ({tok.path}, {backend})"))
+
+
 # --- cards and Terms of Use --------------------------------------------------------------------
 
 CardPathArg = Annotated[Path, typer.Argument(help="A model card (README.md) or a release directory.", show_default=False)]
@@ -204,6 +247,110 @@ def notice(directory: Annotated[Path, typer.Argument(help="Release directory to 
     typer.echo(str(write_notice(directory)))
 
 # --- releases: init, publish -------------------------------------------------------------------
+
+ReleaseDirArg = Annotated[Path, typer.Argument(help="Release directory (holds release.yaml, the card and the files).", show_default=False)]
+RepoOpt = Annotated[Optional[str], typer.Option("--repo", help="Destination ORG/NAME (overrides release.yaml).")]
+HubOpt = Annotated[bool, typer.Option("--hub/--offline", help="Also check variant links against the Hub listing.")]
+variants_app = typer.Typer(help="Quantized-variant tables: check them, generate them from release.yaml.", no_args_is_help=True)
+app.add_typer(variants_app, name="variants")
+
+
+@app.command()
+def init(
+    directory: ReleaseDirArg,
+    repo: RepoOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing release.yaml.")] = False,
+) -> None:
+    """Write DIR/release.yaml drafted from what DIR holds (files, card metadata, golden file)."""
+    from release.release_yaml import init as init_release
+
+    path, cfg = init_release(directory, repo=repo, overwrite=force)
+    out.print(f"wrote {path}: {cfg.repo}, {len(cfg.files)} file patterns" + (f", golden {cfg.golden.name}" if cfg.golden else ""))
+    out.print("review it (repo, base_model, variants), then run `gemma-release publish DIR --dry-run`")
+
+
+@app.command()
+def publish(
+    directory: ReleaseDirArg,
+    repo: RepoOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Run the checks and print the plan; touch no network.")] = False,
+    private: Annotated[Optional[bool], typer.Option("--private/--public", help="Visibility when the repo is created.", show_default=False)] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch to commit to (created if missing).")] = None,
+    create_pr: Annotated[bool, typer.Option("--create-pr", help="Open a pull request instead of committing to the branch.")] = False,
+    commit_message: Annotated[Optional[str], typer.Option("--commit-message", "-m", help="Commit message.")] = None,
+    tag: Annotated[Optional[str], typer.Option("--tag", help="Tag the release commit.")] = None,
+    token: Annotated[Optional[str], typer.Option("--token", help="Hub token. Discouraged (it lands in shell history): prefer HF_TOKEN or `hf auth login`.", show_default=False)] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check everything, then upload DIR to the Hub in one commit and validate what landed."""
+    from release.findings import render
+    from release.hub import HubError
+    from release.publish import Options, execute, plan, render_plan
+
+    opts = Options(repo=repo, revision=revision, private=private, create_pr=create_pr,
+                   commit_message=commit_message, tag=tag, token=token, dry_run=dry_run)
+    p = plan(directory, opts)
+    if p.findings and not json_out:
+        err.print(escape(render(p.findings, "text")))
+    if not p.ok:
+        if json_out:
+            out.print_json(data={"ok": False, "uploaded": [], "checks": [f.to_dict() for f in p.findings]})
+        err.print("publish: checks failed; nothing was uploaded")
+        raise typer.Exit(1)
+    if dry_run:
+        out.print_json(data=p.to_dict()) if json_out else out.print(escape(render_plan(p)))
+        return
+    try:
+        res = execute(p, token, say=lambda s: err.print(escape(s)))
+    except HubError as e:
+        err.print(f"[bold red]publish failed:[/] {escape(str(e))}")
+        err.print("nothing was committed by this run; fix the cause and run publish again (uploaded files are reused)")
+        raise typer.Exit(1)
+    if res.findings:
+        err.print(escape(render(list(res.findings), "text")))
+    if json_out:
+        out.print_json(data={"ok": not any(f.severity == "error" for f in res.findings), "repo": res.repo_id,
+                             "commit": res.commit_oid, "commit_url": res.commit_url, "pr_url": res.pr_url,
+                             "uploaded": list(res.uploaded), "checks": [f.to_dict() for f in p.findings],
+                             "findings": [f.to_dict() for f in res.findings]})
+    else:
+        out.print("nothing to upload; the Hub already has this release" if not res.uploaded else f"uploaded {len(res.uploaded)} files")
+        out.print(f"commit: {res.commit_url}" + (f"\npull request: {res.pr_url}" if res.pr_url else ""))
+    if any(f.severity == "error" for f in res.findings):
+        err.print("publish: the files on the Hub do not match the local release (see above)")
+        raise typer.Exit(1)
+
+
+@variants_app.command("check")
+def variants_check(path: Annotated[Path, typer.Argument(help="Card (README.md) or release directory.")], hub: HubOpt = False, fmt: FormatOpt = "text") -> None:
+    """Check the card's variant tables (QUANT rules); with --hub, against the Hub's files too."""
+    from release.findings import render
+    from release.variants import check_variants
+
+    findings = check_variants(path, hub=True if hub else None)
+    out.print(escape(render(findings, fmt)))
+    raise typer.Exit(1 if any(f.severity == "error" for f in findings) else 0)
+
+
+@variants_app.command("table")
+def variants_table(
+    directory: ReleaseDirArg,
+    write: Annotated[bool, typer.Option("--write", help="Write the table into DIR/README.md between the markers.")] = False,
+    hub: HubOpt = False,
+) -> None:
+    """Generate the variant table from release.yaml and the real files (local_dir, or the Hub with --hub)."""
+    from release import release_yaml
+    from release.variants import generate_table, listing_for, write_table
+
+    if write:
+        card, changed = write_table(directory, hub=True if hub else None)
+        out.print(f"{'updated' if changed else 'unchanged'}: {card}")
+        return
+    cfg = release_yaml.load(directory)
+    listing = listing_for(cfg, True if hub else None, Path(directory))
+    if listing is None:
+        raise InputError("no variant has a local_dir and Hub access is off; pass --hub", path=cfg.path)
+    out.print(escape(generate_table(cfg, listing)), end="")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -54,6 +54,49 @@ class Finding:
         return {k: v for k, v in d.items() if v is not None}
 
 
+@dataclass(frozen=True)
+class Rule:
+    """One check: a stable id, its default severity and a one-line description.
+
+    Every area registers its rules once (:func:`register_rules`); ``--help`` text,
+    the SARIF ``rules`` array and the docs table are all derived from :data:`RULES`.
+    """
+
+    id: str
+    severity: Severity
+    description: str
+
+    def __post_init__(self) -> None:
+        if self.severity not in _SEVERITY_ORDER:
+            raise ValueError(f"severity must be one of {SEVERITIES}, not {self.severity!r}")
+
+
+RULES: dict[str, Rule] = {}
+
+
+def register_rules(*rules: Rule) -> None:
+    """Add rules to the registry; re-registering the same rule is harmless, a conflicting one is a bug."""
+    for r in rules:
+        known = RULES.get(r.id)
+        if known is not None and known != r:
+            raise ValueError(f"rule {r.id} registered twice with different definitions")
+        RULES[r.id] = r
+
+
+def rules_help() -> dict[str, str]:
+    """``{rule id: description}`` for every registered rule (feeds SARIF ``rules``)."""
+    return {r.id: r.description for r in RULES.values()}
+
+
+def rules_table(prefixes: tuple[str, ...] = ()) -> str:
+    """The registry as a Markdown table (for README / ``card rules``), optionally filtered by id prefix."""
+    rows = ["| rule | severity | what it finds |", "|------|----------|---------------|"]
+    for r in sorted(RULES.values(), key=lambda r: r.id):
+        if not prefixes or r.id.startswith(prefixes):
+            rows.append(f"| {r.id} | {r.severity} | {r.description} |")
+    return "\n".join(rows)
+
+
 def has_errors(findings: Iterable[Finding]) -> bool:
     return any(f.severity == "error" for f in findings)
 
@@ -92,7 +135,8 @@ def render_sarif(findings: list[Finding], tool_version: str | None = None, rules
     """SARIF 2.1.0 log with one run; each finding a result located at its file and line."""
     from release import __version__
 
-    rules_help = rules_help or {}
+    if rules_help is None:  # default: descriptions from the rule registry
+        rules_help = {r.id: r.description for r in RULES.values()}
     rule_ids = sorted({f.rule for f in findings})
     results = []
     for f in sort_findings(findings):
@@ -122,7 +166,11 @@ def render_sarif(findings: list[Finding], tool_version: str | None = None, rules
                         "version": tool_version or __version__,
                         "informationUri": "https://ai.google.dev/gemma/terms",
                         "rules": [
-                            {"id": r, **({"shortDescription": {"text": rules_help[r]}} if r in rules_help else {})}
+                            {
+                                "id": r,
+                                **({"shortDescription": {"text": rules_help[r]}} if r in rules_help else {}),
+                                **({"defaultConfiguration": {"level": _SARIF_LEVEL[RULES[r].severity]}} if r in RULES else {}),
+                            }
                             for r in rule_ids
                         ],
                     }

@@ -1,0 +1,730 @@
+"""Model cards: typed metadata, schema validation and the card rules (CARD001-CARD010).
+
+Public API (others call it):
+
+* :func:`load_card` - read a ``README.md`` (or a release directory's) into a :class:`Card`;
+* :func:`check_path` - every card and Terms of Use finding for a card or a release directory;
+* :func:`fix_card` - add what is missing (license fields, a Terms of Use section, NOTICE),
+  changing nothing else in the card, and say what changed.
+
+The metadata is a :class:`CardData`: typed accessors for the Hub's fields over an
+ordered mapping that keeps unknown keys, so reading and writing back loses nothing.
+Edits to a card are made on its text, line by line, so comments and formatting of
+the untouched keys survive a fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match, relevance
+
+from release import terms
+from release.errors import InputError
+from release.findings import Finding, Rule, register_rules
+from release.frontmatter import Fences, FrontMatter, find_metadata_blocks, load_front_matter, locate
+from release.resources import load_schema
+
+SCHEMA_NAME = "model-card.schema.json"
+MAX_CARD_BYTES = 16 * 1024 * 1024  # the Hub's largest real cards are a few hundred KB
+
+register_rules(
+    Rule("CARD001", "error", "no YAML front matter, or not at the very top of README.md (the Hub then ignores it)"),
+    Rule("CARD002", "error", "front matter YAML does not parse, is not a mapping, or exceeds the safety limits"),
+    Rule("CARD003", "error", "duplicate key in the front matter (PyYAML keeps the last silently; the Hub rejects the card)"),
+    Rule("CARD004", "error", "metadata violates the model-card schema (schemas/model-card.schema.json)"),
+    Rule("CARD005", "error", "license: other without license_name or license_link (the Hub cannot show which license)"),
+    Rule("CARD006", "error", "base_model is not a Hub repo id (a local path or malformed id breaks the model tree)"),
+    Rule("CARD007", "warning", "base_model_relation missing where it can be inferred, or inconsistent with the base models / files"),
+    Rule("CARD008", "warning", "placeholder left in the card (model-index named 'out', empty results, 'type: unknown', TODO, ...)"),
+    Rule("CARD009", "error", "more than one front-matter block (the Hub reads only the first; the rest renders as text)"),
+    Rule("CARD010", "warning", "card text names a base model but the metadata has no base_model"),
+)
+
+# --- typed metadata -------------------------------------------------------------------------
+
+
+def _field(key: str, doc: str) -> property:
+    def get(self: CardData) -> Any:
+        return self._data.get(key)
+
+    def set_(self: CardData, value: Any) -> None:
+        self.set(key, value)
+
+    return property(get, set_, doc=doc)
+
+
+class CardData:
+    """The card's metadata: typed accessors over an ordered mapping that keeps every key.
+
+    Unknown keys stay, in their place; :meth:`to_dict` gives the mapping back in the
+    original key order; setting a known field keeps its position (new keys go last).
+    """
+
+    KNOWN_FIELDS = (
+        "language", "license", "license_name", "license_link", "library_name", "pipeline_tag", "tags",
+        "datasets", "metrics", "base_model", "base_model_relation", "new_version", "inference", "widget",
+        "model-index",
+    )
+
+    def __init__(self, data: dict[str, Any] | None = None):
+        self._data: dict[str, Any] = dict(data or {})
+
+    license = _field("license", "Hub license identifier, e.g. 'gemma', 'apache-2.0', 'other'.")
+    license_name = _field("license_name", "Name of a license not on the Hub's list (with license: other).")
+    license_link = _field("license_link", "URL or repo path of that license's text.")
+    language = _field("language", "ISO 639 code(s).")
+    library_name = _field("library_name", "Library that loads the model (transformers, peft, gguf, ...).")
+    pipeline_tag = _field("pipeline_tag", "The Hub task, e.g. 'text-generation'.")
+    tags = _field("tags", "Free-form tags.")
+    datasets = _field("datasets", "Hub dataset ids used for training.")
+    metrics = _field("metrics", "Metric ids.")
+    base_model = _field("base_model", "Hub repo id(s) this model derives from.")
+    base_model_relation = _field("base_model_relation", "adapter, merge, quantized or finetune.")
+    new_version = _field("new_version", "Repo id of a newer version of this model.")
+    model_index = _field("model-index", "Evaluation results (the 'model-index' key).")
+
+    @property
+    def base_models(self) -> list[str]:
+        """``base_model`` as a list of strings (whatever the card wrote)."""
+        bm = self._data.get("base_model")
+        if isinstance(bm, str):
+            return [bm] if bm.strip() else []
+        if isinstance(bm, list):
+            return [b for b in bm if isinstance(b, str) and b.strip()]
+        return []
+
+    @property
+    def tag_list(self) -> list[str]:
+        t = self._data.get("tags")
+        return [t] if isinstance(t, str) else [x for x in t if isinstance(x, str)] if isinstance(t, list) else []
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Keys this class has no accessor for (kept and written back unchanged)."""
+        return {k: v for k, v in self._data.items() if k not in self.KNOWN_FIELDS}
+
+    def set(self, key: str, value: Any) -> None:
+        self._data[key] = value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CardData) and list(self._data.items()) == list(other._data.items())
+
+    def __repr__(self) -> str:
+        return f"CardData({self._data!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A deep copy of the mapping, in the card's key order."""
+        return copy.deepcopy(self._data)
+
+    def to_yaml(self) -> str:
+        """The metadata as block YAML, key order kept (used only when a card has no block to edit)."""
+        return _dump(self._data) if self._data else ""
+
+
+def _dump(mapping: dict[str, Any]) -> str:
+    return yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000)
+
+
+# --- the card ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Card:
+    """A model card: its text, where the front matter is, the metadata and the Markdown body."""
+
+    text: str
+    path: Path | None
+    fences: Fences
+    front_matter: FrontMatter | None
+    metadata: CardData
+    body: str  # Markdown after the front matter (the whole text when there is none)
+    body_line: int  # 1-based card line where `body` starts
+    missing: bool = False  # the release directory has no README.md at all
+    extra_blocks: list[tuple[int, int]] = field(default_factory=list)  # 1-based (open, close) of further blocks
+
+    @property
+    def display_path(self) -> str:
+        return str(self.path) if self.path is not None else "README.md"
+
+    @property
+    def path_name(self) -> str:
+        return self.path.name if self.path is not None else "README.md"
+
+    @property
+    def metadata_unreadable(self) -> bool:
+        """There is a block but its YAML could not be read: rules about missing keys would mislead."""
+        fm = self.front_matter
+        return fm is not None and (fm.data is None or any(p.kind != "duplicate" for p in fm.problems))
+
+    def line_of(self, pointer: str) -> int | None:
+        """Card line of a JSON Pointer into the metadata (line 1, where it belongs, without front matter)."""
+        return self.front_matter.line_of(pointer) if self.front_matter is not None else 1
+
+
+def parse_card(text: str, path: Path | str | None = None) -> Card:
+    """Parse card text. Never raises for bad content: problems surface as findings later."""
+    text = text.removeprefix("\ufeff")
+    fences = locate(text)
+    lines = fences.lines
+    fm: FrontMatter | None = None
+    extra_blocks: list[tuple[int, int]] = []
+    if fences.first is not None:
+        open_idx, close_idx = fences.first
+        fm = load_front_matter(lines, open_idx, close_idx, fences.at_top)
+        body_start = close_idx + 1
+        extra_blocks = [(a + 1, b + 1) for a, b in _further_blocks(lines, close_idx)]
+    else:
+        body_start = 0
+    data = fm.data if fm is not None and fm.data is not None else {}
+    return Card(
+        text=text,
+        path=Path(path) if path is not None else None,
+        fences=fences,
+        front_matter=fm,
+        metadata=CardData(data),
+        body="\n".join(lines[body_start:]),
+        body_line=body_start + 1,
+        extra_blocks=extra_blocks,
+    )
+
+
+def _further_blocks(lines: list[str], close_idx: int) -> list[tuple[int, int]]:
+    """Front-matter blocks after the first: a `---` right after it, or later blocks holding metadata keys."""
+    blocks = find_metadata_blocks(lines, start=close_idx + 1)
+    nxt = next((i for i in range(close_idx + 1, len(lines)) if lines[i].strip()), None)
+    if nxt is not None and lines[nxt].strip() == "---" and not any(a == nxt for a, _ in blocks):
+        # a fence straight after the closing one opens a second block (pasted base-card metadata)
+        close = next((j for j in range(nxt + 1, len(lines)) if lines[j].strip() == "---"), nxt)
+        blocks.insert(0, (nxt, close))
+    return blocks
+
+
+def _read_text(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+        if size > MAX_CARD_BYTES:
+            raise InputError(f"card is {size} bytes, more than the {MAX_CARD_BYTES} byte limit", path)
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError("no such file", path) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, not a card", path) from None
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", path) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (byte {e.start} cannot be decoded)", path, hint="model cards must be UTF-8") from None
+
+
+def _card_file(path: Path) -> tuple[Path, Path | None]:
+    """(README path, release directory or None) for a card or a release directory."""
+    if path.is_dir():
+        return path / "README.md", path
+    if not path.exists():
+        raise InputError("no such file or directory", path)
+    return path, None
+
+
+def load_card(path: Path | str) -> Card:
+    """Read a card (a README.md, or a release directory's README.md)."""
+    readme, _ = _card_file(Path(path))
+    return parse_card(_read_text(readme), readme)
+
+
+# --- schema ---------------------------------------------------------------------------------
+
+
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(load_schema(SCHEMA_NAME))
+
+
+def hub_license_ids() -> tuple[str, ...]:
+    """The Hub's license identifiers: the one registry, kept in the schema's ``hubLicenseId``."""
+    return tuple(load_schema(SCHEMA_NAME)["$defs"]["hubLicenseId"]["enum"])
+
+
+def _pointer(err: ValidationError) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in err.absolute_path)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    s = repr(value)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _leaf(err: ValidationError) -> ValidationError:
+    """The sub-error that explains an anyOf/oneOf failure: the branch whose type matched, best match first."""
+    while err.validator in ("anyOf", "oneOf") and err.context:
+        same_type = [e for e in err.context if e.validator != "type"]
+        err = best_match(same_type or err.context)
+    return err
+
+
+def _schema_message(err: ValidationError) -> str:
+    """check-jsonschema style message; long enum lists and regexes replaced by what the field means."""
+    leaf = _leaf(err)
+    described = err.schema.get("description") if isinstance(err.schema, dict) else None
+    if leaf.validator == "enum" and isinstance(leaf.validator_value, list) and len(leaf.validator_value) > 6:
+        options = [str(v) for v in leaf.validator_value]
+        close = difflib.get_close_matches(str(leaf.instance), options, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return f"{_short(leaf.instance)} is not one of the {len(options)} allowed values{hint}"
+    if leaf.validator in ("pattern", "enum", "not") and described:
+        return f"{_short(leaf.instance)} is not valid here: {described}"
+    return leaf.message if len(leaf.message) <= 200 else leaf.message[:197] + "..."
+
+
+def _is_base_model_error(err: ValidationError) -> bool:
+    path = list(err.absolute_path)
+    return bool(path) and path[0] == "base_model" and isinstance(err.instance, str)
+
+
+def schema_findings(card: Card) -> list[Finding]:
+    """CARD004 for schema violations (best match first, as check-jsonschema orders them); CARD006 for base_model ids."""
+    if card.front_matter is None or card.front_matter.data is None:
+        return []
+    errors = list(_validator().iter_errors(card.metadata.to_dict()))
+    if not errors:
+        return []
+    errors.sort(key=relevance, reverse=True)  # most relevant first (best_match's order), as check-jsonschema reports
+    findings: list[Finding] = []
+    seen_base: set[str] = set()
+    for rank, err in enumerate(errors):
+        leaf = _leaf(err)
+        pointer = _pointer(leaf)
+        line = card.line_of(pointer)
+        bm_leaf = leaf if _is_base_model_error(leaf) else (err if _is_base_model_error(err) else None)
+        if bm_leaf is not None:
+            if _pointer(bm_leaf) not in seen_base:
+                seen_base.add(_pointer(bm_leaf))
+                findings.append(_bad_base_model(card, bm_leaf.instance, _pointer(bm_leaf)))
+            continue
+        findings.append(Finding("CARD004", "error", f"{_schema_message(err)}", card.display_path, line, pointer,
+                                extra={"validator": str(leaf.validator), "best_match": rank == 0}))
+    return findings
+
+
+_LOCAL_PATH = re.compile(r"^(?:\.{1,2}[\\/]|[\\/]|~|[A-Za-z]:[\\/])|[\\/]{2}|\\")
+
+
+def _bad_base_model(card: Card, value: str, pointer: str) -> Finding:
+    why = "looks like a local path" if _LOCAL_PATH.search(value) or value.count("/") > 1 else "is not a valid Hub repo id"
+    return Finding("CARD006", "error", f"base_model {value!r} {why}; use the Hub id of the model you started from (e.g. google/gemma-2-9b)",
+                   card.display_path, card.line_of(pointer), pointer)
+
+
+# --- card rules ---------------------------------------------------------------------------------
+
+
+def structure_findings(card: Card) -> list[Finding]:
+    """CARD001 (no / misplaced / unclosed block), CARD002 (YAML), CARD003 (duplicates), CARD009 (extra blocks)."""
+    path = card.display_path
+    out: list[Finding] = []
+    if card.missing:
+        return [Finding("CARD001", "error", "release directory has no README.md (the model card, with its metadata)", path)]
+    f = card.fences
+    if f.unclosed_open is not None:
+        out.append(Finding("CARD001", "error", f"front matter opened with '---' on line {f.unclosed_open + 1} is never closed with a '---' line",
+                           path, f.unclosed_open + 1))
+    elif card.front_matter is None:
+        first = next((ln for ln in f.lines if ln.strip()), "")
+        hint = ""
+        if first.lstrip().startswith("---") and ":" in first:
+            hint = " (line 1 starts with '---' but the block is collapsed onto one line; put '---' and each key on its own line)"
+        out.append(Finding("CARD001", "error", f"no YAML front matter at the top of the card{hint}", path, 1))
+    elif not card.front_matter.at_top:
+        fm = card.front_matter
+        out.append(Finding("CARD001", "error",
+                           f"front matter on lines {fm.open_line}-{fm.close_line} is not at the top: text comes before it, so the Hub ignores it",
+                           path, fm.open_line))
+    if card.front_matter is not None:
+        for p in card.front_matter.problems:
+            rule = "CARD003" if p.kind == "duplicate" else "CARD002"
+            out.append(Finding(rule, "error", p.message, path, p.line or card.front_matter.open_line, p.pointer))
+    for a, b in card.extra_blocks:
+        out.append(Finding("CARD009", "error",
+                           f"another front-matter block starts on line {a} (the Hub reads only the first one; merge the keys into it)",
+                           path, a))
+    return out
+
+
+def license_findings(card: Card) -> list[Finding]:
+    """CARD005: `license: other` needs license_name and license_link."""
+    m = card.metadata
+    if m.license != "other":
+        return []
+    missing = [k for k in ("license_name", "license_link") if not m.get(k)]
+    if not missing:
+        return []
+    return [Finding("CARD005", "error", f"license is 'other' but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing; name the license and link its text",
+                    card.display_path, card.line_of("/license"), "/license")]
+
+
+def relation_findings(card: Card, release_dir: Path | None) -> list[Finding]:
+    """CARD007: base_model_relation missing where it can be inferred, or inconsistent."""
+    m = card.metadata
+    bases = m.base_models
+    if not bases:
+        return []
+    rel = m.base_model_relation
+    inferred, why = _infer_relation(card, bases, release_dir)
+    path, ptr = card.display_path, "/base_model_relation"
+    line = card.line_of(ptr) if rel is not None else card.line_of("/base_model")
+    if rel is None and inferred:
+        return [Finding("CARD007", "warning", f"base_model_relation is missing; it is '{inferred}' ({why})", path, line, ptr)]
+    if rel == "merge" and len(bases) < 2:
+        return [Finding("CARD007", "warning", "base_model_relation is 'merge' but only one base_model is listed", path, line, ptr)]
+    if rel is not None and inferred and rel != inferred:
+        return [Finding("CARD007", "warning", f"base_model_relation is {rel!r} but {why}, so it should be '{inferred}'", path, line, ptr)]
+    return []
+
+
+_QUANT_TAGS = {"gguf", "quantized", "gptq", "awq", "exl2", "4-bit", "8-bit", "bitsandbytes"}
+_ADAPTER_TAGS = {"lora", "qlora", "peft", "adapter"}
+
+
+def _infer_relation(card: Card, bases: list[str], release_dir: Path | None) -> tuple[str | None, str]:
+    m = card.metadata
+    tags = {t.lower() for t in m.tag_list}
+    if len(bases) >= 2:
+        return "merge", f"{len(bases)} base models are listed"
+    if release_dir is not None and (release_dir / "adapter_config.json").is_file():
+        return "adapter", "the release has adapter_config.json"
+    if str(m.library_name or "").lower() == "peft" or tags & _ADAPTER_TAGS:
+        return "adapter", "library_name is peft" if str(m.library_name or "").lower() == "peft" else "the tags say it is an adapter"
+    if release_dir is not None and any(release_dir.glob("*.gguf")):
+        return "quantized", "the release holds .gguf files"
+    if tags & _QUANT_TAGS or str(m.library_name or "").lower() == "gguf":
+        return "quantized", "the tags / library say it is quantized"
+    return None, ""
+
+
+# Trainer output dirs that end up as model-index names when nobody renames the model.
+_PLACEHOLDER_NAMES = re.compile(r"^(?:\./)?(?:out|outputs?|results?|tmp_trainer|my[-_]?model|model|test|checkpoint(?:-\d+)?)$", re.IGNORECASE)
+_TEXT_PLACEHOLDERS = [
+    (re.compile(r"\[More Information Needed\]", re.IGNORECASE), "'[More Information Needed]'"),
+    (re.compile(r"\bthe None dataset\b", re.IGNORECASE), "'the None dataset' (the trainer had no dataset name)"),
+    (re.compile(r"\bTODO\b|\bTBD\b"), "TODO / TBD"),
+    (re.compile(r"\bcoming soon\b", re.IGNORECASE), "'coming soon'"),
+]
+
+
+def placeholder_findings(card: Card) -> list[Finding]:
+    """CARD008: placeholders in the metadata and in the text (outside code blocks)."""
+    path = card.display_path
+    out: list[Finding] = []
+    mi = card.metadata.model_index
+    if isinstance(mi, list):
+        for i, entry in enumerate(mi):
+            if not isinstance(entry, dict):
+                continue
+            name = entry.get("name")
+            if isinstance(name, str) and _PLACEHOLDER_NAMES.match(name.strip()):
+                ptr = f"/model-index/{i}/name"
+                out.append(Finding("CARD008", "warning", f"model-index is named {name!r}, the trainer's output directory; use the model's name", path, card.line_of(ptr), ptr))
+            if entry.get("results") == []:
+                ptr = f"/model-index/{i}/results"
+                out.append(Finding("CARD008", "warning", "model-index has no results; fill them in or remove the model-index", path, card.line_of(ptr), ptr))
+    for ptr, value in _walk(card.metadata.to_dict(), ""):
+        if ptr.endswith("/type") and isinstance(value, str) and value.strip().lower() == "unknown":
+            out.append(Finding("CARD008", "warning", "'type: unknown' is a placeholder; give the task / dataset / metric type", path, card.line_of(ptr), ptr))
+        elif isinstance(value, str):
+            for rx, what in _TEXT_PLACEHOLDERS:
+                if rx.search(value):
+                    out.append(Finding("CARD008", "warning", f"placeholder {what} in metadata", path, card.line_of(ptr), ptr))
+                    break
+    for offset, line_text in _prose_lines(card.body):
+        for rx, what in _TEXT_PLACEHOLDERS:
+            if rx.search(line_text):
+                out.append(Finding("CARD008", "warning", f"placeholder {what} in the card text", path, card.body_line + offset))
+    return out
+
+
+def _walk(value: Any, pointer: str, depth: int = 0) -> Iterator[tuple[str, Any]]:
+    if depth > 64:  # the loader already limits depth; this only keeps the walk bounded
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk(v, f"{pointer}/{str(k).replace('~', '~0').replace('/', '~1')}", depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _walk(v, f"{pointer}/{i}", depth + 1)
+    else:
+        yield pointer, value
+
+
+def _prose_lines(body: str) -> Iterator[tuple[int, str]]:
+    """(0-based line offset, text) of body lines outside fenced code blocks."""
+    fence: str | None = None
+    for i, ln in enumerate(body.split("\n")):
+        s = ln.lstrip()
+        if fence is None and (s.startswith("```") or s.startswith("~~~")):
+            fence = s[:3]
+            continue
+        if fence is not None:
+            if s.startswith(fence):
+                fence = None
+            continue
+        yield i, ln
+
+
+def prose(body: str) -> str:
+    """The body without fenced code blocks (line count kept)."""
+    lines = body.split("\n")
+    keep = dict(_prose_lines(body))
+    return "\n".join(keep.get(i, "") for i in range(len(lines)))
+
+
+# "fine-tuned version of [google/gemma-7b]", "based on google/gemma-2-9b", "merge of a/b and c/d", ...
+_DERIVES = re.compile(
+    r"\b(?:fine[- ]?tuned|finetuned|fine-tune|finetune|based\s+on|version\s+of|merge\s+of|merged\s+from|"
+    r"quantized|quantised|quantization\s+of|derived\s+from|trained\s+from|adapter\s+for|continued\s+pre-?training\s+of)\b"
+    r"[^\n]{0,80}?\[?`?(?<![\w./-])([A-Za-z0-9][\w-]*/[\w.-]*[A-Za-z0-9])",
+    re.IGNORECASE,
+)
+
+
+def named_base_models(body: str) -> list[tuple[str, int]]:
+    """Repo ids the text names as what the model derives from, with 0-based line offsets."""
+    text = prose(body)
+    found: dict[str, int] = {}
+    for m in _DERIVES.finditer(text):
+        repo = m.group(1)
+        owner, name = repo.split("/", 1)
+        if "." in owner:  # a domain (github.com/...), not a Hub namespace
+            continue
+        if not re.search(r"[-_.\d]", name):  # "Korean/English" is prose; model names carry a size, version or dash
+            continue
+        found.setdefault(repo, text.count("\n", 0, m.start(1)))
+    return list(found.items())
+
+
+def derivative_findings(card: Card) -> list[Finding]:
+    """CARD010: the text names a base model but there is no base_model."""
+    if card.metadata.base_models or card.missing or card.metadata_unreadable:
+        return []
+    named = named_base_models(card.body)
+    if not named:
+        return []
+    repo, off = named[0]
+    others = f" (also names {', '.join(r for r, _ in named[1:3])})" if len(named) > 1 else ""
+    return [Finding("CARD010", "warning", f"the card says the model derives from {repo}{others} but the metadata has no base_model; add base_model: {repo}",
+                    card.display_path, card.body_line + off, "/base_model")]
+
+
+# --- lineage, check, fix -----------------------------------------------------------------------
+
+_FIRST_HEADING = re.compile(r"^\s*#{1,2}\s+(.+)$", re.MULTILINE)
+
+
+def infer_lineage(card: Card, release_dir: Path | None = None) -> terms.Lineage:
+    """The base model's Gemma generation: config.json first (the weights), then base_model, then the card."""
+    if release_dir is not None and (release_dir / "config.json").is_file():
+        lin = terms.lineage_from_config(release_dir / "config.json")
+        if lin.is_gemma:
+            return lin
+    lin = terms.lineage_from_repo_ids(card.metadata.base_models, "base_model")
+    if lin.is_gemma:
+        return lin
+    lin = terms.lineage_from_repo_ids([r for r, _ in named_base_models(card.body)], "the card text names")
+    if lin.is_gemma:
+        return lin
+    m = card.metadata
+    if m.license == "gemma" or m.license_name == terms.TERMS_LICENSE_NAME:
+        return terms.Lineage(True, None, "the license metadata")
+    text = prose(card.body)
+    heading = _FIRST_HEADING.search(text)
+    first_line = next((ln.strip().lstrip("#").strip() for ln in text.split("\n") if ln.strip()), "")
+    # the title is the first line of the card, or its first heading (a page's first line may be a badge)
+    title = next((t for t in (first_line, heading.group(1) if heading else "") if re.search(r"gemma", t, re.IGNORECASE)), "")
+    if re.search(r"gemma", title, re.IGNORECASE) and not re.search(r"medgemma", title, re.IGNORECASE):
+        gen = re.search(r"gemma[-\s]?([1-4])(?!\d|b)", title, re.IGNORECASE)
+        return terms.Lineage(True, int(gen.group(1)) if gen else None, f"the card title {title.strip()[:60]!r}")
+    return terms.NOT_GEMMA
+
+
+def check_card(card: Card, release_dir: Path | None = None) -> list[Finding]:
+    """Every CARD and GEMMA finding for a parsed card (and its release directory, if any)."""
+    findings = structure_findings(card)
+    findings += schema_findings(card)
+    findings += license_findings(card)
+    findings += relation_findings(card, release_dir)
+    findings += placeholder_findings(card)
+    findings += derivative_findings(card)
+    findings += terms.check_terms(card, infer_lineage(card, release_dir), release_dir)
+    return findings
+
+
+def check_text(text: str, path: str = "README.md") -> list[Finding]:
+    """Check card text that is not on disk (no release-directory rules)."""
+    return check_card(parse_card(text, path))
+
+
+def check_path(path: Path | str) -> list[Finding]:
+    """All card and Terms of Use findings for a README.md or a release directory.
+
+    Raises :class:`InputError` when the path does not exist or the card cannot be read.
+    """
+    p = Path(path)
+    readme, release_dir = _card_file(p)
+    if release_dir is not None and not readme.exists():
+        card = parse_card("", readme)
+        card.missing = True
+    else:
+        card = parse_card(_read_text(readme), readme)
+    return check_card(card, release_dir)
+
+
+def fix_card(path: Path | str) -> list[str]:
+    """Add what is missing for the Gemma Terms of Use; return one line per change made.
+
+    Sets the license fields, appends a "Gemma Terms of Use" section with only the
+    missing parts (terms link, use-restriction pass-through, modification statement,
+    non-endorsement disclaimer) and, for a release directory, writes NOTICE. Nothing
+    else in the card changes. A card whose front matter cannot be parsed is not touched.
+    """
+    p = Path(path)
+    readme, release_dir = _card_file(p)
+    text = _read_text(readme) if readme.exists() else ""
+    card = parse_card(text, readme)
+    _refuse_unfixable(card)
+    lineage = infer_lineage(card, release_dir)
+    if not lineage.is_gemma:
+        return []
+    changes: list[str] = []
+    new_text = card.text
+
+    updates = _license_updates(card.metadata, lineage)
+    if updates:
+        new_text = set_metadata(card, updates)
+        changes += [f"{readme}: set {k}: {v}" for k, v in updates.items()]
+
+    section = _missing_section(card, lineage, release_dir)
+    if section:
+        new_text = _append_section(new_text, section)
+        changes.append(f"{readme}: added a '{terms.TERMS_SECTION_HEADING.lstrip('# ')}' section ({_describe_section(section)})")
+
+    if new_text != text:
+        try:
+            terms.atomic_write(readme, new_text)
+        except OSError as e:
+            raise InputError(f"cannot write the card: {e}", readme) from None
+    if release_dir is not None and lineage.under_terms:
+        notice_findings = [f for f in terms.check_terms(parse_card(new_text, readme), lineage, release_dir) if f.rule == "GEMMA002"]
+        if notice_findings:
+            changes.append(f"{terms.write_notice(release_dir)}: added the required NOTICE sentence")
+    return changes
+
+
+def _refuse_unfixable(card: Card) -> None:
+    fm = card.front_matter
+    if card.fences.unclosed_open is not None:
+        raise InputError(f"front matter opened on line {card.fences.unclosed_open + 1} is never closed; fix it by hand first", card.path)
+    if fm is None:
+        return
+    if not fm.at_top:
+        raise InputError(f"front matter on line {fm.open_line} is not at the top of the card; move it there first", card.path)
+    problems = [p for p in fm.problems]
+    if fm.data is None or problems:
+        first = problems[0] if problems else None
+        where = f" (line {first.line})" if first and first.line else ""
+        raise InputError(f"front matter cannot be fixed automatically: {first.message if first else 'not a mapping'}{where}", card.path,
+                         hint="run 'gemma-release card check' and correct the YAML first; the card was not changed")
+
+
+def _license_updates(meta: CardData, lineage: terms.Lineage) -> dict[str, Any]:
+    if terms.license_ok(meta.to_dict(), lineage):
+        return {}
+    if lineage.generation == 4:
+        return {"license": terms.GEMMA4_LICENSE_ID}
+    if meta.license == "other":  # keep the author's choice of `other`; complete it
+        return {"license_name": terms.TERMS_LICENSE_NAME, "license_link": terms.TERMS_URL}
+    return {"license": "gemma"}
+
+
+def _missing_section(card: Card, lineage: terms.Lineage, release_dir: Path | None) -> str:
+    text = card.text
+    endorsement = [f for f in terms.check_terms(card, lineage, None) if f.rule == "GEMMA006" and f.severity == "error"]
+    if not lineage.under_terms:
+        return terms.terms_section(restrictions=False, modification=False, disclaimer=bool(endorsement), link=False)
+    modified = bool(card.metadata.base_models) or terms.says_weights_modified(card.body) or (
+        release_dir is not None and ((release_dir / "adapter_config.json").is_file() or any(release_dir.glob("*.gguf"))))
+    no_copy = release_dir is not None and any(
+        f.rule == "GEMMA003" and f.severity == "error" for f in terms.check_terms(card, lineage, release_dir))
+    return terms.terms_section(
+        restrictions=not terms.mentions_use_restrictions(text),
+        modification=modified and not terms.states_modification(text),
+        disclaimer=bool(endorsement),
+        link=no_copy,  # no copy of the terms in the release and no link to them: link the official page
+    )
+
+
+def _describe_section(section: str) -> str:
+    parts = []
+    if terms.NOTICE_TEXT in section:
+        parts.append("terms notice and link")
+    for label in ("Use restrictions", "Modified files", "No endorsement"):
+        if f"**{label}.**" in section:
+            parts.append(label.lower())
+    return ", ".join(parts)
+
+
+def _newline(text: str) -> str:
+    return "\r\n" if "\r\n" in text else "\n"
+
+
+def _append_section(text: str, section: str) -> str:
+    """Append `section` under the Terms of Use heading (reusing the heading if the card has it)."""
+    nl = _newline(text)
+    section = section.replace("\n", nl)
+    lines = text.split(nl)
+    for i, ln in enumerate(lines):
+        if ln.strip() == terms.TERMS_SECTION_HEADING:
+            return nl.join(lines[: i + 1] + ["", section] + lines[i + 1 :])
+    tail = "" if not text or text.endswith(nl) else nl
+    return f"{text}{tail}{nl if text.strip() else ''}{terms.TERMS_SECTION_HEADING}{nl}{nl}{section}{nl}"
+
+
+def set_metadata(card: Card, updates: dict[str, Any]) -> str:
+    """Card text with top-level metadata keys set; every other line stays byte for byte.
+
+    Existing keys are replaced where they are; new keys go at the end of the block.
+    A card with no front matter gets a new block at the top.
+    """
+    nl = _newline(card.text)
+    lines = card.text.split("\n")
+    lines = [ln + "\n" for ln in lines[:-1]] + ([lines[-1]] if lines[-1] else [])  # keep ends, split on LF only
+    fm = card.front_matter
+    if fm is None:
+        block = "---" + nl + _dump(updates).replace("\n", nl) + "---" + nl
+        return block + card.text
+    if fm.flow_root:  # `{...}` on one line: rewrite the block as block YAML (key order kept)
+        data = card.metadata.to_dict()
+        data.update(updates)
+        lines[fm.open_line : fm.close_line - 1] = [_dump(data).replace("\n", nl)]
+        return "".join(lines)
+    new_keys = {k: v for k, v in updates.items() if k not in fm.key_spans}
+    if new_keys:
+        lines.insert(fm.close_line - 1, _dump(new_keys).replace("\n", nl))
+    for key in sorted((k for k in updates if k in fm.key_spans), key=lambda k: -fm.key_spans[k][0]):
+        first, last = fm.key_spans[key]
+        lines[first - 1 : last] = [_dump({key: updates[key]}).replace("\n", nl)]
+    return "".join(lines)

@@ -1,0 +1,313 @@
+"""Everything that talks to the Hugging Face Hub, through huggingface_hub only.
+
+The endpoint and credentials are huggingface_hub's own settings: ``HF_ENDPOINT``
+(read when huggingface_hub is imported), ``HF_TOKEN`` or the token file under
+``HF_HOME``; ``HF_HUB_DISABLE_XET=1`` selects classic LFS uploads instead of Xet.
+An explicit ``token`` argument overrides them.
+
+Token hygiene: the token is handed to huggingface_hub and nowhere else. Every
+error leaving this module goes through :func:`scrub`, which removes the token
+(and anything shaped like a Hub token) from its text, and exceptions are
+re-raised ``from None`` so no chained traceback carries request objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from release.errors import InputError
+from release.findings import Finding
+
+VERIFY_PATTERNS = (
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+)
+_TOKEN_SHAPE = re.compile(r"\b(hf_|api_org_)[A-Za-z0-9_-]{6,}")
+_CHUNK = 8 * 1024 * 1024
+
+
+class HubError(Exception):
+    """The Hub (or the network) failed: not the user's input. The CLI exits 1 with this message."""
+
+
+def scrub(text: str, token: str | None = None) -> str:
+    """``text`` with the token (given, or huggingface_hub's resolved one) and token-shaped strings masked."""
+    for t in {token, _resolved_token()}:
+        if t:
+            text = text.replace(t, "***")
+    return _TOKEN_SHAPE.sub(r"\1***", text)
+
+
+def _resolved_token() -> str | None:
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:  # noqa: BLE001 - token lookup must never break error reporting
+        return None
+
+
+# --- local files ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A file to publish: where it is, where it goes, and its identity."""
+
+    path_in_repo: str
+    local: Path
+    size: int
+    sha256: str
+    git_sha1: str  # git blob id, what the Hub reports for non-LFS files
+
+
+def hash_file(local: Path, path_in_repo: str) -> LocalFile:
+    """Size, sha256 and git blob sha1 in one streaming pass."""
+    size = local.stat().st_size
+    sha256 = hashlib.sha256()
+    sha1 = hashlib.sha1(b"blob %d\0" % size)
+    with open(local, "rb") as f:
+        for _ in range(size // _CHUNK + 2):  # bounded: the file is read exactly once
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                break
+            sha256.update(chunk)
+            sha1.update(chunk)
+    return LocalFile(path_in_repo, local, size, sha256.hexdigest(), sha1.hexdigest())
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    blob_id: str
+    lfs_sha256: str | None
+
+
+def same_content(local: LocalFile, remote: RemoteFile | None) -> bool:
+    """Whether the remote file is byte-for-byte the local one (sha256 for LFS, git blob id otherwise)."""
+    if remote is None or remote.size != local.size:
+        return False
+    if remote.lfs_sha256 is not None:
+        return remote.lfs_sha256 == local.sha256
+    return remote.blob_id == local.git_sha1
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def translate_errors(action: str, repo_id: str, token: str | None = None) -> Iterator[None]:
+    """Turn huggingface_hub/httpx errors into InputError (credentials, missing repo) or HubError."""
+    from huggingface_hub import errors as hf_errors
+
+    try:
+        yield
+    except InputError:
+        raise
+    except (hf_errors.RevisionNotFoundError, hf_errors.RepositoryNotFoundError) as e:
+        kind = "revision" if isinstance(e, hf_errors.RevisionNotFoundError) else "repository"
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        hint = "check the name, and that your token can read it" if status in (401, 403) or kind == "repository" else None
+        raise InputError(f"{action}: {kind} not found on the Hub ({repo_id})", hint=hint) from None
+    except hf_errors.HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        first = scrub(str(e), token).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if status in (401, 403):
+            raise InputError(
+                f"{action}: the Hub refused the credentials for {repo_id} (HTTP {status})",
+                hint="set HF_TOKEN (or run `hf auth login`) with a token that has write access; nothing was uploaded",
+            ) from None
+        raise HubError(f"{action} failed for {repo_id}: {first}") from None
+    except (OSError, RuntimeError, ValueError) as e:
+        # httpx network errors are OSError-like; huggingface_hub wraps LFS failures in RuntimeError.
+        cause = e.__cause__ or e.__context__
+        detail = f"{e}" + (f" ({cause})" if cause else "")
+        raise HubError(f"{action} failed for {repo_id}: {scrub(detail, token)}") from None
+    except Exception as e:  # noqa: BLE001 - e.g. httpx.HTTPError, which is not an OSError
+        raise HubError(f"{action} failed for {repo_id}: {scrub(f'{type(e).__name__}: {e}', token)}") from None
+
+
+def _api(token: str | None):  # -> HfApi
+    from huggingface_hub import HfApi
+
+    return HfApi(token=token)
+
+
+# --- listings ---------------------------------------------------------------------------------
+
+
+def remote_files(repo_id: str, revision: str, token: str | None = None) -> dict[str, RemoteFile] | None:
+    """Files at ``revision`` with sizes and LFS sha256; None when the repo or revision does not exist."""
+    from huggingface_hub import errors as hf_errors
+    from huggingface_hub.hf_api import RepoFile
+
+    api = _api(token)
+    with translate_errors("listing files", repo_id, token):
+        try:
+            entries = list(api.list_repo_tree(repo_id, revision=revision, recursive=True))
+        except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError):
+            return None
+    return {
+        f.path: RemoteFile(f.path, int(f.size), f.blob_id, f.lfs.sha256 if f.lfs else None)
+        for f in entries
+        if isinstance(f, RepoFile)
+    }
+
+
+def variant_listing(token: str | None = None) -> Callable[[str, str], dict[str, int] | None]:
+    """A cached ``(repo, revision) -> {path: size} | None`` for the variant checks."""
+    cache: dict[tuple[str, str], dict[str, int] | None] = {}
+
+    def listing(repo_id: str, revision: str) -> dict[str, int] | None:
+        key = (repo_id, revision)
+        if key not in cache:
+            files = remote_files(repo_id, revision, token)
+            cache[key] = None if files is None else {p: f.size for p, f in files.items()}
+        return cache[key]
+
+    return listing
+
+
+# --- publishing -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    repo_id: str
+    commit_oid: str
+    commit_url: str
+    pr_url: str | None
+    uploaded: tuple[str, ...]  # paths that changed in this commit ((): nothing to upload)
+    findings: tuple[Finding, ...]  # post-upload validation
+
+
+def upload_release(
+    files: list[LocalFile],
+    repo_id: str,
+    *,
+    revision: str = "main",
+    commit_message: str,
+    private: bool = False,
+    create_pr: bool = False,
+    tag: str | None = None,
+    gated: bool | str = False,
+    token: str | None = None,
+    say: Callable[[str], None] = lambda s: None,
+) -> UploadResult:
+    """Create the repo if needed, commit the changed files in ONE commit, validate, tag.
+
+    ``gated`` ("auto"/"manual") turns on access requests before anything is uploaded.
+    Unchanged files (same sha256 / git blob id as on the Hub) are left out; when
+    nothing changed no commit is made. The commit names the head it was based on
+    (``parent_commit``) so a concurrent push fails instead of being overwritten.
+    """
+    from huggingface_hub import CommitOperationAdd
+
+    api = _api(token)
+    with translate_errors("creating the repository", repo_id, token):
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if gated:  # only ever switched on: a repo gated by hand is not un-gated by a release
+            api.update_repo_settings(repo_id, gated=gated)
+        if revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+    with translate_errors("reading the repository", repo_id, token):
+        head = api.repo_info(repo_id, revision=revision).sha
+    remote = remote_files(repo_id, revision, token) or {}
+    changed = [f for f in files if not same_content(f, remote.get(f.path_in_repo))]
+    pr_url = None
+    if not changed:
+        say(f"nothing to upload: the {len(files)} files already match {repo_id}@{revision} ({head})")
+        oid = head
+    else:
+        say(f"uploading {len(changed)} of {len(files)} files to {repo_id}@{revision} in one commit")
+        ops = [CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=str(f.local)) for f in changed]
+        with translate_errors("uploading", repo_id, token):
+            info = api.create_commit(
+                repo_id,
+                operations=ops,
+                commit_message=commit_message,
+                revision=revision,
+                create_pr=create_pr,
+                parent_commit=head,
+            )
+        oid, pr_url = info.oid, info.pr_url
+    commit_url = _commit_url(api.endpoint, repo_id, oid)
+    findings = validate_remote(files, repo_id, oid, token)
+    if tag and not any(f.severity == "error" for f in findings):
+        try:
+            _tag(api, repo_id, tag, oid, token)
+        except (HubError, InputError) as e:  # the commit has landed: report, do not pretend nothing happened
+            findings.append(Finding("PUBLISH013", "error", f"the release was committed ({oid}) but tagging failed: {e}", path=repo_id))
+    return UploadResult(repo_id, oid, commit_url, pr_url, tuple(f.path_in_repo for f in changed), tuple(findings))
+
+
+def _commit_url(endpoint: str, repo_id: str, oid: str) -> str:
+    return f"{endpoint.rstrip('/')}/{repo_id}/commit/{oid}"
+
+
+def _tag(api, repo_id: str, tag: str, oid: str, token: str | None) -> None:  # noqa: ANN001
+    """Tag ``oid``; an existing tag is fine only when it already points there."""
+    from huggingface_hub import errors as hf_errors
+
+    with translate_errors(f"tagging {tag}", repo_id, token):
+        try:
+            api.create_tag(repo_id, tag=tag, revision=oid)
+        except hf_errors.HfHubHTTPError as e:
+            if getattr(e.response, "status_code", None) != 409:
+                raise
+            existing = {t.name: t.target_commit for t in api.list_repo_refs(repo_id).tags}
+            if existing.get(tag) != oid:
+                raise InputError(f"tag {tag!r} already exists on {repo_id} at another commit ({existing.get(tag)})") from None
+
+
+def validate_remote(files: list[LocalFile], repo_id: str, revision: str, token: str | None = None) -> list[Finding]:
+    """Compare the Hub's listing at ``revision`` (sizes, LFS sha256, blob ids) with the local files."""
+    remote = remote_files(repo_id, revision, token)
+    if remote is None:
+        return [Finding("PUBLISH010", "error", f"{repo_id}@{revision} cannot be listed after the upload", path=repo_id)]
+    out: list[Finding] = []
+    for f in files:
+        r = remote.get(f.path_in_repo)
+        where = f"{repo_id}@{revision[:12]}"
+        if r is None:
+            out.append(Finding("PUBLISH010", "error", f"{f.path_in_repo} is missing on {where}", path=f.path_in_repo))
+        elif r.size != f.size:
+            out.append(Finding("PUBLISH011", "error", f"{f.path_in_repo} is {r.size} bytes on {where}, {f.size} locally", path=f.path_in_repo))
+        elif not same_content(f, r):
+            what = f"sha256 {r.lfs_sha256}" if r.lfs_sha256 else f"git blob {r.blob_id}"
+            out.append(Finding("PUBLISH012", "error", f"{f.path_in_repo} differs on {where} ({what}, local sha256 {f.sha256})", path=f.path_in_repo))
+    return out
+
+
+# --- downloading for verify -------------------------------------------------------------------
+
+
+def parse_repo_ref(ref: str) -> tuple[str, str | None]:
+    """``ORG/NAME[@REVISION]`` -> (repo_id, revision or None)."""
+    repo_id, _, revision = ref.partition("@")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", repo_id) or (revision == "" and "@" in ref):
+        raise InputError(f"--repo {ref!r} is not of the form ORG/NAME[@REVISION]")
+    return repo_id, revision or None
+
+
+def download_for_verify(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
+    """Download what ``verify`` needs (config, safetensors, tokenizer) into the HF cache; return the snapshot dir."""
+    from huggingface_hub import snapshot_download
+
+    with translate_errors("downloading for verify", repo_id, token):
+        path = snapshot_download(repo_id, revision=revision, allow_patterns=list(VERIFY_PATTERNS), token=token)
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise InputError(f"{repo_id}@{revision or 'main'} has no config.json; is it a model repository?")
+    return p

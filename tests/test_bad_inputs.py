@@ -1,0 +1,166 @@
+"""Bad input: a clear message naming the file and the problem, exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from gemma_ref import InputError, load_model
+from release.golden import Golden, make_prompt, write_golden
+from tests.conftest import GOLDENS
+
+CASE = "gemma2_gqa_softcap"
+GOLDEN = GOLDENS / f"{CASE}.safetensors"
+
+
+def verify(cli, model_dir, golden=GOLDEN):
+    return cli("verify", model_dir, "--golden", golden)
+
+
+def assert_bad_input(r, *fragments):
+    assert r.code == 2, (r.code, r.out, r.err)
+    assert "Traceback" not in r.err
+    for f in fragments:
+        assert f in r.err, (f, r.err)
+
+
+def test_missing_config(cli, model_copy):
+    d = model_copy(CASE)
+    (d / "config.json").unlink()
+    assert_bad_input(verify(cli, d), "no config.json", str(d))
+
+
+def test_config_not_json(cli, model_copy):
+    d = model_copy(CASE)
+    (d / "config.json").write_text("{ not json")
+    assert_bad_input(verify(cli, d), "config.json", "not valid JSON")
+
+
+def test_unknown_model_type(cli, model_copy):
+    d = model_copy(CASE)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_type"] = "llama"
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert_bad_input(verify(cli, d), "unknown model_type 'llama'", "config.json")
+
+
+def test_gemma4_is_refused_clearly(cli, model_copy):
+    d = model_copy(CASE)
+    (d / "config.json").write_text(json.dumps({"model_type": "gemma4_text"}))
+    assert_bad_input(verify(cli, d), "Gemma 4", "different architecture")
+
+
+def test_truncated_safetensors(cli, model_copy):
+    d = model_copy(CASE)
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    assert_bad_input(verify(cli, d), "model.safetensors", "cannot read safetensors")
+
+
+def test_corrupt_header(cli, model_copy):
+    d = model_copy(CASE)
+    f = d / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[8:20] = b"#garbage####"
+    f.write_bytes(bytes(data))
+    assert_bad_input(verify(cli, d), "model.safetensors")
+
+
+def test_pickle_weights_are_never_loaded(cli, model_copy):
+    d = model_copy(CASE)
+    (d / "model.safetensors").unlink()
+    (d / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")  # a pickle: must not be opened
+    assert_bad_input(verify(cli, d), "no safetensors weights", "pytorch_model.bin")
+
+
+def test_missing_tensor(cli, model_copy):
+    d = model_copy(CASE)
+    t = load_file(str(d / "model.safetensors"))
+    name = next(k for k in t if k.endswith("layers.1.mlp.up_proj.weight"))
+    del t[name]
+    save_file(t, str(d / "model.safetensors"))
+    assert_bad_input(verify(cli, d), name, "missing")
+
+
+def test_wrong_shape(cli, model_copy):
+    d = model_copy(CASE)
+    t = load_file(str(d / "model.safetensors"))
+    name = next(k for k in t if k.endswith("layers.0.self_attn.k_proj.weight"))
+    t[name] = t[name][:-1]
+    save_file(t, str(d / "model.safetensors"))
+    assert_bad_input(verify(cli, d), name, "shape")
+
+
+def test_token_id_out_of_range(model_copy):
+    m = load_model(model_copy(CASE))
+    with pytest.raises(InputError, match="outside the vocabulary"):
+        m.forward([2, 5, 512])
+    with pytest.raises(InputError, match="empty"):
+        m.forward([])
+    with pytest.raises(InputError, match="1-D"):
+        m.forward([[2, 3]])
+
+
+def test_golden_with_ids_out_of_range(cli, tmp_path):
+    g = Golden([make_prompt("p", np.array([2, 9999]), np.zeros((2, 512), np.float32), "full")], vocab_size=512,
+               producer="test", producer_version="0")
+    # write_golden does not police ids; read_golden must refuse them.
+    write_golden(g, tmp_path / "g.safetensors")
+    assert_bad_input(verify(cli, "tests/data/models/" + CASE, tmp_path / "g.safetensors"), "outside [0, 512)")
+
+
+def test_golden_for_another_vocab(cli, tmp_path):
+    g = Golden([make_prompt("p", np.array([2, 3]), np.zeros((2, 1000), np.float32), "full")], vocab_size=1000,
+               producer="test", producer_version="0")
+    write_golden(g, tmp_path / "other.safetensors")
+    assert_bad_input(verify(cli, "tests/data/models/" + CASE, tmp_path / "other.safetensors"),
+                     "vocabulary of 1000", "512")
+
+
+def test_golden_not_safetensors(cli, tmp_path):
+    bad = tmp_path / "golden.safetensors"
+    bad.write_text("hello")
+    assert_bad_input(verify(cli, "tests/data/models/" + CASE, bad), str(bad))
+
+
+def test_golden_with_wrong_metadata(cli, tmp_path):
+    save_file({"ids.0": np.array([2], np.int64)}, str(tmp_path / "g.safetensors"), metadata={"format": "other"})
+    assert_bad_input(verify(cli, "tests/data/models/" + CASE, tmp_path / "g.safetensors"), "metadata")
+
+
+def test_golden_missing_tensor(cli, tmp_path):
+    src = load_file(str(GOLDEN))
+    from safetensors import safe_open
+
+    with safe_open(str(GOLDEN), "numpy") as f:
+        meta = f.metadata()
+    del src["logits.1"]
+    save_file(src, str(tmp_path / "g.safetensors"), metadata=meta)
+    assert_bad_input(verify(cli, "tests/data/models/" + CASE, tmp_path / "g.safetensors"), "'logits.1' is missing")
+
+
+def test_model_path_is_a_file(cli):
+    assert_bad_input(verify(cli, GOLDEN), "not a directory")
+
+
+def test_usage_error_is_exit_2(cli):
+    r = cli("verify", "tests/data/models/" + CASE)  # no --golden
+    assert r.code == 2
+
+
+def test_golden_write_failure_leaves_nothing(cli, tmp_path):
+    out = tmp_path / "g.safetensors"
+    r = cli("golden", "tests/data/models/" + CASE, "--ids", "2,5,600", "--out", out)
+    assert r.code == 2 and "outside the vocabulary" in r.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_debug_shows_traceback(cli, model_copy):
+    d = model_copy(CASE)
+    shutil.rmtree(d)
+    with pytest.raises(InputError):
+        cli("--debug", "verify", d, "--golden", GOLDEN)
