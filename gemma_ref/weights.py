@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -39,6 +40,7 @@ PREFIXES = ("model.", "language_model.model.", "model.language_model.", "")
 FOREIGN_PREFIXES = ("vision_tower.", "model.vision_tower.", "multi_modal_projector.", "model.multi_modal_projector.",
                     "vision_model.", "audio_tower.", "model.audio_tower.", "embed_vision.", "model.embed_vision.")
 SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+NUMPY_DTYPES = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32}
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
@@ -51,6 +53,8 @@ class TensorInfo:
     file: Path  # the safetensors file holding it
     dtype: str  # safetensors dtype code: "BF16", "F16", "F32", ...
     shape: tuple[int, ...]
+    start: int = 0  # byte offset of the data in the file
+    stop: int = 0  # end of the data (exclusive)
 
 
 @dataclass(frozen=True)
@@ -106,14 +110,25 @@ def list_checkpoint_files(model_dir: Path) -> list[Path]:
     raise InputError(f"{len(others)} safetensors files but no {INDEX_NAME} saying how they fit together", model_dir)
 
 
+def _data_offsets(file: Path) -> dict[str, tuple[int, int]]:
+    """Absolute byte ranges of each tensor's data, from the header safetensors has already validated."""
+    with open(file, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+    base = 8 + n
+    return {k: (base + v["data_offsets"][0], base + v["data_offsets"][1])
+            for k, v in header.items() if k != "__metadata__"}
+
+
 def read_headers(files: list[Path]) -> dict[str, TensorInfo]:
     """Name -> TensorInfo for every tensor in the files (headers only, no data read)."""
     infos: dict[str, TensorInfo] = {}
     for file in files:
-        with _open(file) as f:
+        with _open(file) as f:  # safetensors validates the header: offsets, sizes, dtypes
+            offsets = _data_offsets(file)
             for name in f.keys():
                 sl = f.get_slice(name)
-                info = TensorInfo(name, file, sl.get_dtype(), tuple(int(x) for x in sl.get_shape()))
+                info = TensorInfo(name, file, sl.get_dtype(), tuple(int(x) for x in sl.get_shape()), *offsets[name])
                 if name in infos:
                     raise InputError(f"tensor {name!r} appears in two files ({infos[name].file.name} and {file.name})", file)
                 infos[name] = info
@@ -214,33 +229,42 @@ class Weights:
                 shown = "; ".join(i.message for i in errors[:8])
                 more = f" (and {len(errors) - 8} more)" if len(errors) > 8 else ""
                 raise InputError(f"weights do not fit config.json: {shown}{more}", self.dir)
-        self._handles: dict[Path, object] = {}
+        self._maps: dict[Path, np.memmap] = {}  # one read-only mapping per file, opened on first use
+        # float32 buffers reused from layer to layer: converting into fresh memory costs a page fault per
+        # 4 KiB (measured 0.46 GB/s on a 2-core VM) while converting into reused memory runs at ~7 GB/s.
+        self._buffers: dict[str, np.ndarray] = {}
 
     # --- raw access --------------------------------------------------------------------------
 
-    def _handle(self, file: Path):
-        h = self._handles.get(file)
-        if h is None:
-            h = self._handles[file] = _open(file).__enter__()
-        return h
+    def _map(self, file: Path) -> np.memmap:
+        m = self._maps.get(file)
+        if m is None:
+            m = self._maps[file] = np.memmap(file, dtype=np.uint8, mode="r")
+        return m
 
-    def _slice(self, rel: str):
+    def _slice(self, rel: str) -> np.ndarray:
+        """Zero-copy view of a tensor in its stored dtype, backed by the memory-mapped file."""
         info = self.infos[self.prefix + rel]
-        return self._handle(info.file).get_slice(info.name)
+        raw = self._map(info.file)[info.start:info.stop]
+        return raw.view(NUMPY_DTYPES[info.dtype]).reshape(info.shape)
 
     def tensor(self, rel: str) -> np.ndarray:
-        """One tensor (name without prefix) in float32."""
-        try:
-            return np.asarray(self._slice(rel)[:], dtype=np.float32)
-        except (SafetensorError, OSError, ValueError, TypeError) as e:
-            raise InputError(f"cannot read tensor {self.prefix + rel!r}: {e}", self.infos[self.prefix + rel].file) from None
+        """One tensor (name without prefix) in float32, in fresh memory."""
+        return np.array(self._slice(rel), dtype=np.float32)
+
+    def _read_into(self, key: str, rel: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """Like tensor()/rows(), but converted into a float32 buffer reused under `key`."""
+        src = self._slice(rel) if start is None else self._slice(rel)[start:stop]
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape[1:] != src.shape[1:] or buf.shape[0] < src.shape[0]:
+            buf = self._buffers[key] = np.empty(src.shape, dtype=np.float32)
+        out = buf[: src.shape[0]] if src.ndim else buf
+        np.copyto(out, src)  # bf16/f16 -> f32, exact
+        return out
 
     def rows(self, rel: str, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of a 2-D tensor in float32; only those rows are read from the file."""
-        try:
-            return np.asarray(self._slice(rel)[start:stop], dtype=np.float32)
-        except (SafetensorError, OSError, ValueError, TypeError) as e:
-            raise InputError(f"cannot read tensor {self.prefix + rel!r}: {e}", self.infos[self.prefix + rel].file) from None
+        """Rows [start, stop) of a 2-D tensor in float32; only those rows' pages are read."""
+        return np.array(self._slice(rel)[start:stop], dtype=np.float32)
 
     # --- what the forward pass asks for --------------------------------------------------------
 
@@ -255,12 +279,17 @@ class Weights:
     def embedding_blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """The embedding matrix in blocks of rows, float32: yields (first row, [n, hidden])."""
         for start in range(0, self.cfg.vocab_size, block_rows):
-            yield start, self.rows("embed_tokens.weight", start, min(start + block_rows, self.cfg.vocab_size))
+            stop = min(start + block_rows, self.cfg.vocab_size)
+            yield start, self._read_into("embed_block", "embed_tokens.weight", start, stop)  # valid until the next block
 
     def layer(self, i: int) -> dict[str, np.ndarray]:
-        """All tensors of layer i in float32, keyed by their name inside the layer."""
+        """All tensors of layer i in float32, keyed by their name inside the layer.
+
+        The arrays are buffers reused by the next ``layer()`` call: use them before asking for another layer
+        (copy them to keep them).
+        """
         p = f"layers.{i}."
-        return {rel[len(p):]: self.tensor(rel) for rel in expected_shapes(self.cfg) if rel.startswith(p)}
+        return {rel[len(p):]: self._read_into(rel[len(p):], rel) for rel in expected_shapes(self.cfg) if rel.startswith(p)}
 
     def final_norm(self) -> np.ndarray:
         return self.tensor("norm.weight")
@@ -300,9 +329,5 @@ class Weights:
         return sum(f.stat().st_size for f in self.files)
 
     def close(self) -> None:
-        for h in self._handles.values():
-            try:
-                h.__exit__(None, None, None)
-            except Exception:  # pragma: no cover - closing is best effort
-                pass
-        self._handles.clear()
+        self._buffers.clear()
+        self._maps.clear()  # the mappings close when the last view of them is gone

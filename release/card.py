@@ -728,3 +728,10 @@ def set_metadata(card: Card, updates: dict[str, Any]) -> str:
         first, last = fm.key_spans[key]
         lines[first - 1 : last] = [_dump({key: updates[key]}).replace("\n", nl)]
     return "".join(lines)
+
+
+def check_release_card(path: Path | str, hub: object = None) -> list[Finding]:
+    """What `card check` reports: card and Terms of Use findings plus the variant-table (QUANT) findings."""
+    from release.variants import check_variants  # variants builds on card parsing, so import it late
+
+    return check_path(path) + check_variants(path, hub=hub)

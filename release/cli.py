@@ -136,8 +136,12 @@ def golden(
 
 @app.command()
 def verify(
-    model: ModelArg,
     golden_file: Annotated[Path, typer.Option("--golden", "-g", help="Golden file to compare against.")],
+    model: Annotated[Optional[Path], typer.Argument(help="Model directory (config.json + safetensors).", show_default=False)] = None,
+    repo: Annotated[Optional[str], typer.Option("--repo", help="Verify ORG/NAME[@REVISION] from the Hub instead "
+                                                "(downloads config, safetensors and tokenizer only).")] = None,
+    token: Annotated[Optional[str], typer.Option("--token", help="Hub token (prefer HF_TOKEN: options end up in shell history).",
+                                                 show_default=False)] = None,
     atol: Annotated[float, typer.Option(help="Absolute tolerance on every logit.", min=0)] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative tolerance (times |golden|).", min=0)] = 1e-5,
     max_kl: Annotated[Optional[float], typer.Option(help="Fail when a position's KL(golden||ours) exceeds this.")] = None,
@@ -148,6 +152,12 @@ def verify(
     """Check a checkpoint's files, then its logits against a golden file. Exit 0 pass, 1 fail, 2 bad input."""
     from release.verify import Tolerance, render_report, verify_model
 
+    if (model is None) == (repo is None):
+        raise typer.BadParameter("give either a MODEL directory or --repo ORG/NAME[@REVISION]")
+    if repo is not None:
+        from release.hub import download_for_verify, parse_repo_ref
+
+        model = download_for_verify(*parse_repo_ref(repo), token=token)
     tol = Tolerance(atol=atol, rtol=rtol, max_kl=max_kl, min_top1=min_top1)
     with _progress() as bar:
         report = verify_model(model, golden_file, tol, scan, _progress_callback(bar))
@@ -208,15 +218,19 @@ CardPathArg = Annotated[Path, typer.Argument(help="A model card (README.md) or a
 
 
 @card_app.command("check")
-def card_check(path: CardPathArg, fmt: FormatOpt = "text") -> None:
-    """Check card metadata (schema, Hub rules) and the Gemma Terms of Use obligations.
+def card_check(
+    path: CardPathArg,
+    fmt: FormatOpt = "text",
+    hub: Annotated[bool, typer.Option("--hub", help="Also check variant-table links against the Hub's file listings.")] = False,
+) -> None:
+    """Check card metadata (schema, Hub rules), the Gemma Terms of Use obligations and variant tables.
 
     Exit 0 when no finding is an error, 1 when one is, 2 when the input cannot be read.
     """
-    from release.card import check_path
+    from release.card import check_release_card
     from release.findings import has_errors, render
 
-    findings = check_path(path)
+    findings = check_release_card(path, hub=True if hub else None)
     typer.echo(render(findings, fmt))
     raise typer.Exit(1 if has_errors(findings) else 0)
 

@@ -257,3 +257,36 @@ def test_variant_rows_checked_against_hub_listing_and_table_generated_from_it(hu
     assert "unchanged" in r.stdout and (rel / "README.md").read_text() == text
     r = run_cli(["variants", "check", str(rel), "--hub"], env, tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_publish_verifies_a_real_model_then_verify_repo_from_the_hub(hub, env, tmp_path):
+    """A real tiny Gemma 2 release: publish runs verify against its golden, then `verify --repo` passes."""
+    root = Path(__file__).resolve().parent
+    case = "gemma2_gqa_softcap"
+    rel = tmp_path / "g2"
+    shutil.copytree(root / "data" / "models" / case, rel)
+    shutil.copy(root / "data" / "goldens" / f"{case}.safetensors", rel / "golden.safetensors")
+    (rel / "README.md").write_text(CARD.format(name="g2", extra=""))
+    (rel / "NOTICE").write_text(NOTICE)
+    (rel / "release.yaml").write_text(
+        "repo: org/g2\nbase_model: google/gemma-2b\nbase_model_relation: finetune\n"
+        "golden: golden.safetensors\nfiles: ['*.safetensors', config.json, README.md, NOTICE]\n")
+    r = run_cli(["publish", str(rel), "--tag", "v1"], env, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_cli(["verify", "--repo", "org/g2@v1", "--golden", str(rel / "golden.safetensors"), "--json"], env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ok"]
+    # A damaged golden-vs-weights pair stops publish before any upload.
+    from safetensors.numpy import load_file, save_file
+
+    t = load_file(str(rel / "model.safetensors"))
+    # gate_proj, not up_proj: a pure rescale of up_proj is undone by Gemma 2's post-feed-forward RMSNorm.
+    name = next(k for k in t if k.endswith("layers.0.mlp.gate_proj.weight"))
+    t[name] = t[name] * 2
+    save_file(t, str(rel / "model.safetensors"))
+    before = _head(hub, "org/g2")
+    r = run_cli(["publish", str(rel)], env, tmp_path)
+    assert r.returncode == 1 and "LOGITS001" in r.stdout + r.stderr
+    assert _head(hub, "org/g2") == before
+    r = run_cli(["verify", "--repo", "org/nope", "--golden", str(rel / "golden.safetensors")], env, tmp_path)
+    assert r.returncode in (1, 2) and "Traceback" not in r.stderr
