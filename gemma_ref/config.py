@@ -27,17 +27,20 @@ from gemma_ref.errors import InputError
 SLIDING = "sliding_attention"  # layer type: local attention over a window of recent keys
 FULL = "full_attention"  # layer type: global (causal) attention over every earlier key
 
-# HF model_type -> Gemma generation. Gemma 4 is listed so release rules can name it;
-# the forward pass refuses it (different architecture).
+# HF model_type -> Gemma generation, for the whole family: release rules use it to tell which terms apply.
 GENERATION_OF_MODEL_TYPE: dict[str, int] = {
     "gemma": 1,
+    "recurrent_gemma": 1,  # RecurrentGemma: Gemma 1 era terms, a different (Griffin) architecture
     "gemma2": 2,
     "gemma3_text": 3,
     "gemma3": 3,  # multimodal wrapper; the text model is in text_config
-    "gemma4": 4,
+    "gemma3n": 3,  # Gemma 3n: Gemma 3 era terms, a different (per-layer embedding) architecture
+    "gemma3n_text": 3,
+    "gemma4": 4,  # Apache-2.0, a different architecture
     "gemma4_text": 4,
 }
-SUPPORTED_GENERATIONS = (1, 2, 3)
+# The model types this reference's forward pass implements (the others are refused by name).
+FORWARD_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3")
 
 # transformers' defaults for fields a config.json may leave out, per generation
 # (GemmaConfig, Gemma2Config, Gemma3TextConfig). Real Gemma 3 4b/12b/27b configs rely on them.
@@ -239,13 +242,13 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> GemmaCon
     if nested and model_type in (None, "gemma3"):
         model_type = "gemma3_text"  # text_config of a gemma3 config may omit its model_type
     if model_type not in GENERATION_OF_MODEL_TYPE:
-        known = ", ".join(k for k, g in GENERATION_OF_MODEL_TYPE.items() if g in SUPPORTED_GENERATIONS)
-        raise InputError(f"unknown model_type {model_type!r}; this reference runs Gemma 1, 2 and 3 ({known})", where)
+        raise InputError(f"unknown model_type {model_type!r}; this reference runs Gemma 1, 2 and 3 "
+                         f"({', '.join(FORWARD_MODEL_TYPES)})", where)
     generation = GENERATION_OF_MODEL_TYPE[model_type]
-    if generation not in SUPPORTED_GENERATIONS:
+    if model_type not in FORWARD_MODEL_TYPES:
         raise InputError(
-            f"model_type {model_type!r} is Gemma {generation}, a different architecture the reference forward "
-            "pass does not implement (release checks still apply)", where)
+            f"model_type {model_type!r} (Gemma {generation} family) is a different architecture the reference "
+            "forward pass does not implement (release checks still apply)", where)
     if model_type == "gemma3":
         model_type = "gemma3_text"
 

@@ -97,6 +97,12 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
 # --- attention ---------------------------------------------------------------------------------
 
 
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis.  [..., n] -> [..., n]"""
+    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
 def attention_mask(n_queries: int, n_keys: int, window: int | None) -> np.ndarray:
     """True where query q may see key k: causal, and within the window on local layers.  -> [Tq, Tk]"""
     q = np.arange(n_keys - n_queries, n_keys)[:, None]  # absolute positions of the queries (keys start at 0)
@@ -140,12 +146,6 @@ def attention(
     probs = softmax(scores)  # [H, T, T]
     out = (probs @ v).transpose(1, 0, 2).reshape(T, H * Hd)  # [H, T, Hd] -> [T, H*Hd]
     return out @ w["self_attn.o_proj.weight"].T  # [T, H*Hd] -> [T, D]
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis.  [..., n] -> [..., n]"""
-    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
-    return e / np.sum(e, axis=-1, keepdims=True)
 
 
 # --- one transformer block -----------------------------------------------------------------------

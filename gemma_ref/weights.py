@@ -253,28 +253,20 @@ class Weights:
         return np.array(self._slice(rel), dtype=np.float32)
 
     def _read_into(self, key: str, rel: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
-        """Like tensor()/rows(), but converted into a float32 buffer reused under `key`."""
+        """Rows [start, stop) (or all) of a tensor in float32, in a buffer reused under `key` (valid until its next use)."""
         src = self._slice(rel) if start is None else self._slice(rel)[start:stop]
-        buf = self._buffers.get(key)
-        if buf is None or buf.shape[1:] != src.shape[1:] or buf.shape[0] < src.shape[0]:
-            buf = self._buffers[key] = np.empty(src.shape, dtype=np.float32)
-        out = buf[: src.shape[0]] if src.ndim else buf
+        flat = self._buffers.get(key)
+        if flat is None or flat.size < src.size:  # a flat buffer per key, grown when needed, never shrunk
+            flat = self._buffers[key] = np.empty(src.size, dtype=np.float32)
+        out = flat[: src.size].reshape(src.shape)
         np.copyto(out, src)  # bf16/f16 -> f32, exact
         return out
-
-    def rows(self, rel: str, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of a 2-D tensor in float32; only those rows' pages are read."""
-        return np.array(self._slice(rel)[start:stop], dtype=np.float32)
 
     # --- what the forward pass asks for --------------------------------------------------------
 
     def embedding_rows(self, ids: np.ndarray) -> np.ndarray:
-        """E[ids] in float32, gathering only the rows needed.  [T] -> [T, hidden]"""
-        uniq, inverse = np.unique(ids, return_inverse=True)
-        rows = np.empty((len(uniq), self.cfg.hidden_size), dtype=np.float32)
-        for j, tok in enumerate(uniq):
-            rows[j] = self.rows("embed_tokens.weight", int(tok), int(tok) + 1)[0]
-        return rows[inverse.reshape(-1)]
+        """E[ids] in float32, reading only those rows' pages.  [T] -> [T, hidden]"""
+        return np.array(self._slice("embed_tokens.weight")[ids], dtype=np.float32)
 
     def embedding_blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """The embedding matrix in blocks of rows, float32: yields (first row, [n, hidden])."""
@@ -306,7 +298,7 @@ class Weights:
             step = max(1, block_bytes // row_bytes)
             bad = 0
             for start in range(0, n_rows, step):
-                block = self.rows(rel, start, min(n_rows, start + step))
+                block = self._read_into("scan_block", rel, start, min(n_rows, start + step))
                 bad += int(block.size - np.count_nonzero(np.isfinite(block)))
             if bad:
                 issues.append(WeightIssue("nonfinite", "error", f"tensor {info.name!r} holds {bad} NaN/Inf values",

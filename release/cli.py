@@ -246,11 +246,12 @@ def card_fix(path: CardPathArg) -> None:
 
 @card_app.command("rules")
 def card_rules() -> None:
-    """List the card and Terms of Use rules (id, severity, description) as a Markdown table."""
+    """List the rules `card check` applies (card, Terms of Use, variant tables) as a Markdown table."""
     import release.card  # noqa: F401  (registers the CARD and GEMMA rules)
+    import release.variants  # noqa: F401  (registers the QUANT rules)
     from release.findings import rules_table
 
-    typer.echo(rules_table(("CARD", "GEMMA")))
+    typer.echo(rules_table(("CARD", "GEMMA", "QUANT")))
 
 
 @app.command("notice")

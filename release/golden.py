@@ -88,11 +88,11 @@ def make_prompt(name: str, ids: np.ndarray, logits: np.ndarray, storage: str, to
                         text=text, messages=messages)
 
 
-def logsumexp(x: np.ndarray) -> np.ndarray:
-    """log(sum(exp(x))) over the last axis, in float64 for accuracy, returned as float32.  [T, V] -> [T]"""
+def logsumexp(x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """log(sum(exp(x))) over the last axis, computed in float64, returned as `dtype`.  [T, V] -> [T]"""
     x64 = x.astype(np.float64)
     m = x64.max(axis=-1)
-    return (m + np.log(np.exp(x64 - m[..., None]).sum(axis=-1))).astype(np.float32)
+    return (m + np.log(np.exp(x64 - m[..., None]).sum(axis=-1))).astype(dtype)
 
 
 # --- writing -------------------------------------------------------------------------------------

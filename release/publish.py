@@ -24,8 +24,17 @@ from typing import Callable
 
 from release import release_yaml
 from release.errors import InputError
-from release.findings import Finding, has_errors
+from release.findings import Finding, Rule, has_errors, register_rules
 from release.hub import LocalFile, UploadResult, hash_file
+
+register_rules(
+    Rule("PUBLISH001", "error", "a files pattern in release.yaml matches no file"),
+    Rule("PUBLISH003", "error", "the golden file named in release.yaml does not exist"),
+    Rule("PUBLISH010", "error", "after the upload, a file (or the whole listing) is missing on the Hub"),
+    Rule("PUBLISH011", "error", "after the upload, a file's size on the Hub differs from the local file"),
+    Rule("PUBLISH012", "error", "after the upload, a file's content (LFS sha256 / git blob id) differs on the Hub"),
+    Rule("PUBLISH013", "error", "the release was committed but tagging it failed"),
+)
 
 # Files never published, whatever the globs say: tool state and the release description itself.
 NEVER_PUBLISH = (".git/*", ".cache/*", "*.tmp", ".DS_Store")
@@ -98,15 +107,6 @@ def collect_files(cfg: release_yaml.ReleaseConfig) -> tuple[list[tuple[str, Path
     return sorted(chosen.items()), findings
 
 
-def _card_checks(root: Path) -> list[Finding]:
-    """Card and Terms of Use rules (issue 4's checker)."""
-    try:
-        from release.card import check_path
-    except ImportError:  # the card checker is not installed in this build
-        return [Finding("PUBLISH002", "warning", "card checks are not available in this build; the card was not checked", path=str(root / "README.md"))]
-    return list(check_path(root))
-
-
 def _verify(cfg: release_yaml.ReleaseConfig) -> list[Finding]:
     """Logit comparison against the golden file named in release.yaml."""
     if cfg.golden is None:
@@ -125,23 +125,13 @@ def _verify(cfg: release_yaml.ReleaseConfig) -> list[Finding]:
 
 def run_checks(cfg: release_yaml.ReleaseConfig, hub: bool) -> list[Finding]:
     """Every check: card, terms, variants (files; Hub listings when ``hub``), verify."""
+    from release.card import check_path
     from release.variants import check_variants
 
-    findings = _card_checks(cfg.root)
+    findings = check_path(cfg.root)
     findings += check_variants(cfg.root, cfg, hub=True if hub else None)
     findings += _verify(cfg)
     return findings
-
-
-def _dedupe(findings: list[Finding]) -> list[Finding]:
-    """card check may already run the variant rules (QUANT*): report each finding once."""
-    seen, out = set(), []
-    for f in findings:
-        key = (f.rule, f.severity, f.message, f.path, f.line, f.pointer)
-        if key not in seen:
-            seen.add(key)
-            out.append(f)
-    return out
 
 
 def plan(release_dir: Path, opts: Options) -> Plan:
@@ -157,7 +147,7 @@ def plan(release_dir: Path, opts: Options) -> Plan:
         raise InputError(f"--tag {opts.tag!r} is not a valid tag name")
     pairs, findings = collect_files(cfg)
     files = [hash_file(local, rel) for rel, local in pairs]
-    findings = _dedupe(findings + run_checks(cfg, hub=not opts.dry_run))
+    findings = findings + run_checks(cfg, hub=not opts.dry_run)
     revision = opts.revision or cfg.revision
     message = opts.commit_message or cfg.commit_message or f"Release {repo.split('/')[1]} with gemma-release"
     private = cfg.private if opts.private is None else opts.private

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from gemma_ref.config import GENERATION_OF_MODEL_TYPE
 from release.errors import InputError
 from release.findings import Finding, Rule, register_rules
 
@@ -62,20 +63,9 @@ register_rules(
 
 # --- which Gemma is this? ---------------------------------------------------------------------
 
-# HF `model_type` -> Gemma generation; the lead's gemma_ref.config mapping wins when present.
-_LOCAL_GENERATION_OF_MODEL_TYPE: dict[str, int] = {
-    "gemma": 1, "recurrent_gemma": 1, "gemma2": 2, "gemma3": 3, "gemma3_text": 3,
-    "gemma3n": 3, "gemma3n_text": 3, "gemma4": 4, "gemma4_text": 4,
-}
-
-
 def generation_of_model_type(model_type: str) -> int | None:
     """Generation of a HF ``model_type`` (``gemma2`` -> 2), or None when it is not a Gemma."""
-    try:
-        from gemma_ref.config import GENERATION_OF_MODEL_TYPE as table  # the lead's single source
-    except ImportError:  # pragma: no cover - config.py not there yet
-        table = _LOCAL_GENERATION_OF_MODEL_TYPE
-    return table.get(model_type, _LOCAL_GENERATION_OF_MODEL_TYPE.get(model_type))
+    return GENERATION_OF_MODEL_TYPE.get(model_type)
 
 
 # `gemma-2-9b` -> 2, `gemma-3n-E4B` -> 3, `codegemma-1.1-7b` -> 1, `gemma-7b` -> 1 (the 7 is a size).

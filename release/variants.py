@@ -9,18 +9,8 @@ Cards list their quantized variants in Markdown tables of a few well-known shape
   one row per branch, ``| [gptq-4bit-32g-actorder_True](…/tree/gptq-4bit-32g…) | 4 | 32 | … |``.
 * **links** (``| Model | HF | GPTQ | GGUF | AWQ |``): one row per model, one link per format.
 
-Each row is checked against its *link target*, not only its label. Rules:
-
-QUANT001 error    placeholder instead of a variant ("coming soon", "TBD", …)
-QUANT002 error    the quant label does not parse (see :data:`GGUF_TYPES` and :func:`parse_quant`)
-QUANT003 error    label and link target disagree (file name, quant type, branch, format)
-QUANT004 error    the linked repo, branch or file does not exist
-QUANT005 error    the listed size is not within 1% (or the displayed rounding) of the real size
-QUANT006 error    a shard set is incomplete (``-00001-of-0000N``)
-QUANT007 error    the generated table between the markers is stale (differs from what would be generated)
-QUANT008 error    a quantized release's card lacks ``base_model`` / ``base_model_relation: quantized``
-QUANT009 warning  a variant link does not point to a Hub repository
-QUANT010 info     rows not checked against files (no local copy and no Hub access)
+Each row is checked against its *link target*, not only its label; the QUANT rules
+are registered below (``gemma-release card rules`` lists them with the others).
 
 Generation writes the table for ``release.yaml``'s variants, with real sizes
 (from disk or the Hub), between :data:`BEGIN` and :data:`END`; re-running it
@@ -39,7 +29,20 @@ from typing import Callable, Iterable
 from urllib.parse import unquote, urlsplit
 
 from release.errors import InputError
-from release.findings import Finding
+from release.findings import Finding, Rule, register_rules
+
+register_rules(
+    Rule("QUANT001", "error", 'placeholder instead of a variant ("coming soon", "TBD", ...)'),
+    Rule("QUANT002", "error", "the quant label does not parse as a known GGUF/GPTQ/AWQ/EXL2 type"),
+    Rule("QUANT003", "error", "label and link target disagree (file name, quant type, branch, format)"),
+    Rule("QUANT004", "error", "the linked repo, branch or file does not exist"),
+    Rule("QUANT005", "error", "the listed size is not within 1% (or the displayed rounding) of the real size"),
+    Rule("QUANT006", "error", "a shard set is incomplete (-00001-of-0000N)"),
+    Rule("QUANT007", "error", "the generated table between the markers is stale (differs from what would be generated)"),
+    Rule("QUANT008", "error", "a quantized release's card lacks base_model / base_model_relation: quantized"),
+    Rule("QUANT009", "warning", "a variant link does not point to a Hub repository"),
+    Rule("QUANT010", "info", "rows not checked against files (no local copy and no Hub access)"),
+)
 
 Listing = Callable[[str, str], "dict[str, int] | None"]  # (repo, revision) -> {path: size} | None
 

@@ -23,21 +23,20 @@ from typing import Any, Callable
 import numpy as np
 
 from release.errors import InputError
-from release.findings import Finding, has_errors
+from release.findings import Finding, Rule, has_errors, register_rules
 from release.golden import Golden, GoldenPrompt, logsumexp, read_golden
 
-# Rule ids of the verify stream, defined once (the CLI's help and the README derive from this).
-RULES: dict[str, str] = {
-    "WEIGHTS001": "a tensor the config requires is missing",
-    "WEIGHTS002": "a tensor's shape does not fit the config",
-    "WEIGHTS003": "a tensor's dtype is not BF16/F16/F32, or differs from the config's declared dtype",
-    "WEIGHTS004": "a tensor the text model does not use (or an lm_head, which Gemma ties to the embedding)",
-    "WEIGHTS005": "NaN or Inf values in a weight tensor",
-    "WEIGHTS006": "tensors of other towers (vision, audio) present and ignored",
-    "LOGITS001": "logits differ from the golden file by more than the tolerance",
-    "LOGITS002": "KL divergence or top-1 agreement outside the requested bounds",
-    "TOKENS001": "the model's tokenizer gives other ids for a golden prompt's text than the golden recorded",
-}
+register_rules(
+    Rule("WEIGHTS001", "error", "a tensor the config requires is missing"),
+    Rule("WEIGHTS002", "error", "a tensor's shape does not fit the config"),
+    Rule("WEIGHTS003", "error", "a tensor's dtype is not BF16/F16/F32 (a warning when it only differs from the config's declared dtype)"),
+    Rule("WEIGHTS004", "warning", "a tensor the text model does not use (or an lm_head, which Gemma ties to the embedding)"),
+    Rule("WEIGHTS005", "error", "NaN or Inf values in a weight tensor"),
+    Rule("WEIGHTS006", "info", "tensors of other towers (vision, audio) present and ignored"),
+    Rule("LOGITS001", "error", "logits differ from the golden file by more than the tolerance"),
+    Rule("LOGITS002", "error", "KL divergence or top-1 agreement outside the requested bounds"),
+    Rule("TOKENS001", "error", "the model's tokenizer gives other ids for a golden prompt's text than the golden recorded"),
+)
 _ISSUE_RULE = {"missing": "WEIGHTS001", "shape": "WEIGHTS002", "dtype": "WEIGHTS003", "mixed_dtype": "WEIGHTS003",
                "unexpected": "WEIGHTS004", "lm_head": "WEIGHTS004", "nonfinite": "WEIGHTS005", "foreign": "WEIGHTS006"}
 
@@ -115,9 +114,8 @@ class VerifyReport:
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    return x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
+    """log p in float64 (KL of nearly equal distributions needs the precision).  [T, V] -> [T, V]"""
+    return x.astype(np.float64) - logsumexp(x, np.float64)[..., None]
 
 
 def compare_prompt(ours: np.ndarray, golden: GoldenPrompt, tol: Tolerance) -> PromptResult:
@@ -178,13 +176,6 @@ def structure_findings(issues, model_dir: str) -> list[Finding]:
     """WeightIssues (gemma_ref) as Findings."""
     return [Finding(_ISSUE_RULE.get(i.code, "WEIGHTS004"), i.severity, i.message, path=i.file or model_dir)
             for i in issues]
-
-
-def retokenize_findings(golden: Golden, model_dir: Path) -> dict[str, bool]:
-    """For golden prompts recorded as text: does the model's own tokenizer give the same ids?"""
-    from release.prompts import encode_golden_prompt  # noqa: PLC0415 (tokenizer stack only when needed)
-
-    return encode_golden_prompt(golden, model_dir)
 
 
 # --- the whole verification ------------------------------------------------------------------------
@@ -250,10 +241,9 @@ def _token_checks(golden: Golden, model_dir: Path) -> dict[str, bool]:
         return {}
     if not (model_dir / "tokenizer.model").is_file():
         return {}
-    try:
-        return retokenize_findings(golden, model_dir)
-    except ImportError:
-        return {}
+    from release.prompts import encode_golden_prompt  # the tokenizer stack, only when there is text to check
+
+    return encode_golden_prompt(golden, model_dir)
 
 
 def render_report(report: VerifyReport):

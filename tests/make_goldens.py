@@ -74,6 +74,12 @@ def rewrite_config(model_dir: Path, edit) -> None:
     path.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
+def gemma3_linear_rope() -> dict:
+    """Gemma 3 4b/12b/27b RoPE in the current form: global layers 1M base scaled x8, local layers 10k."""
+    return {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
+
+
 # --- the cases ------------------------------------------------------------------------------------
 
 
@@ -134,8 +140,7 @@ def gemma3_rope_linear():
                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=32,
                            sliding_window=4, max_position_embeddings=64,
                            layer_types=["sliding_attention", "full_attention"],
-                           rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
-                                            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+                           rope_parameters=gemma3_linear_rope())
     return Gemma3ForCausalLM(cfg), torch.float32, dict(embed_std=1.0, proj_gain=2.0), None
 
 
@@ -143,8 +148,7 @@ def gemma3_nested():
     """Gemma 3 multimodal (4b-style): text weights under the nested prefix, sparse text_config, vision tower."""
     text = Gemma3TextConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
                             num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=6,
-                            rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
-                                             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+                            rope_parameters=gemma3_linear_rope())
     vision = dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                   num_attention_heads=2, image_size=28, patch_size=14)
     cfg = Gemma3Config(text_config=text.to_dict(), vision_config=vision, mm_tokens_per_image=4,
