@@ -34,7 +34,7 @@ import numpy as np
 
 from gemma_ref.config import SLIDING, GemmaConfig, Rope, load_config
 from gemma_ref.errors import InputError
-from gemma_ref.weights import Weights
+from gemma_ref.weights import Weights, matmul_stored
 
 f32 = np.float32
 
@@ -53,10 +53,17 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return f32(0.5) * x * (f32(1.0) + np.tanh(f32(np.sqrt(2.0 / np.pi)) * (x + f32(0.044715) * x * x * x)))  # x*x*x, not x**3: 200x faster
 
 
+def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """A projection by a weight stored [out, in], as PyTorch stores it.  [T, in] -> [T, out]"""
+    if w.dtype == f32:
+        return (w @ x.T).T  # = x @ w.T; BLAS runs this orientation ~10% faster for a prompt's worth of rows
+    return matmul_stored(x, w)  # still bf16/f16 in the file: converted to float32 a few rows at a time
+
+
 def mlp(x: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
     """Gated GELU feed-forward.  [T, D] -> [T, D]"""
-    h = gelu_tanh(x @ gate.T) * (x @ up.T)  # [T, D] @ [D, F] -> [T, F]
-    return h @ down.T  # [T, F] @ [F, D] -> [T, D]
+    h = gelu_tanh(linear(x, gate)) * linear(x, up)  # [T, D] -> [T, F]
+    return linear(h, down)  # [T, F] -> [T, D]
 
 
 def softcap(x: np.ndarray, cap: float | None) -> np.ndarray:
@@ -103,10 +110,9 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / np.sum(e, axis=-1, keepdims=True)
 
 
-def attention_mask(n_queries: int, n_keys: int, window: int | None) -> np.ndarray:
-    """True where query q may see key k: causal, and within the window on local layers.  -> [Tq, Tk]"""
-    q = np.arange(n_keys - n_queries, n_keys)[:, None]  # absolute positions of the queries (keys start at 0)
-    k = np.arange(n_keys)[None, :]
+def attention_mask(q_positions: np.ndarray, k_positions: np.ndarray, window: int | None) -> np.ndarray:
+    """True where a query may see a key: causal, and within the window on local layers.  [Tq], [Tk] -> [Tq, Tk]"""
+    q, k = q_positions[:, None], k_positions[None, :]
     allowed = k <= q  # causal: nothing from the future
     if window is not None:
         allowed &= k > q - window  # sliding window: only the last `window` keys, including q itself
@@ -118,15 +124,52 @@ def repeat_kv(x: np.ndarray, n_rep: int) -> np.ndarray:
     return np.repeat(x, n_rep, axis=0)  # query head h reads kv head h // n_rep (np.tile would be h % K: wrong)
 
 
+class LayerCache:
+    """The keys and values one layer has computed so far for one sequence (the KV cache).  [K, length, Hd] each
+
+    Decoding feeds one new token at a time; its query needs every earlier key and value, which
+    never change once computed, so they are kept instead of recomputed. Storage grows by doubling.
+    """
+
+    def __init__(self, n_kv_heads: int, head_dim: int, capacity: int = 64):
+        self.k = np.empty((n_kv_heads, capacity, head_dim), dtype=f32)
+        self.v = np.empty((n_kv_heads, capacity, head_dim), dtype=f32)
+        self.length = 0  # tokens stored; they sit at positions 0 .. length-1
+
+    def append(self, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Store the new tokens' keys and values; return all of them.  [K, T, Hd] -> [K, length + T, Hd]"""
+        n = self.length + k.shape[1]
+        if n > self.k.shape[1]:  # full: move to storage twice as large (or as large as needed)
+            capacity = max(n, 2 * self.k.shape[1])
+            for name in ("k", "v"):
+                old = getattr(self, name)
+                new = np.empty((old.shape[0], capacity, old.shape[2]), dtype=f32)
+                new[:, :self.length] = old[:, :self.length]
+                setattr(self, name, new)
+        self.k[:, self.length:n], self.v[:, self.length:n] = k, v
+        self.length = n
+        return self.k[:, :n], self.v[:, :n]
+
+
+def new_cache(cfg: GemmaConfig, capacity: int = 64) -> list[LayerCache]:
+    """An empty KV cache for one sequence: one LayerCache per layer (room for `capacity` tokens before growing)."""
+    return [LayerCache(cfg.num_key_value_heads, cfg.head_dim, capacity) for _ in range(cfg.num_hidden_layers)]
+
+
 def attention(
-    x: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig, layer_type: str, positions: np.ndarray
+    x: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig, layer_type: str, positions: np.ndarray,
+    cache: LayerCache | None = None,
 ) -> np.ndarray:
-    """Multi-head self-attention with RoPE, optional q/k norm, soft-cap and sliding window.  [T, D] -> [T, D]"""
+    """Multi-head self-attention with RoPE, optional q/k norm, soft-cap and sliding window.  [T, D] -> [T, D]
+
+    `positions` are the tokens' absolute positions; with a `cache`, the keys and values of the
+    earlier positions come from it and this call's are added to it.
+    """
     T = x.shape[0]
     H, K, Hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    q = (x @ w["self_attn.q_proj.weight"].T).reshape(T, H, Hd).transpose(1, 0, 2)  # [T, D] -> [H, T, Hd]
-    k = (x @ w["self_attn.k_proj.weight"].T).reshape(T, K, Hd).transpose(1, 0, 2)  # [T, D] -> [K, T, Hd]
-    v = (x @ w["self_attn.v_proj.weight"].T).reshape(T, K, Hd).transpose(1, 0, 2)  # [T, D] -> [K, T, Hd]
+    q = linear(x, w["self_attn.q_proj.weight"]).reshape(T, H, Hd).transpose(1, 0, 2)  # [T, D] -> [H, T, Hd]
+    k = linear(x, w["self_attn.k_proj.weight"]).reshape(T, K, Hd).transpose(1, 0, 2)  # [T, D] -> [K, T, Hd]
+    v = linear(x, w["self_attn.v_proj.weight"]).reshape(T, K, Hd).transpose(1, 0, 2)  # [T, D] -> [K, T, Hd]
 
     if cfg.use_qk_norm:  # Gemma 3 normalises every query and key head (again with 1 + w) before RoPE
         q = rms_norm(q, w["self_attn.q_norm.weight"], cfg.rms_norm_eps)  # [H, T, Hd]
@@ -135,26 +178,37 @@ def attention(
     local = layer_type == SLIDING
     rope = cfg.rope_local if local else cfg.rope_global  # Gemma 3: local layers keep a 10k base, unscaled
     cos, sin = rope_cos_sin(positions, rope_inv_freq(Hd, rope))  # [T, Hd] each
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # keys are cached after RoPE: positions never change
 
-    k, v = repeat_kv(k, H // K), repeat_kv(v, H // K)  # [K, T, Hd] -> [H, T, Hd]
+    if cache is not None:
+        k, v = cache.append(k, v)  # [K, T, Hd] -> [K, S, Hd]: every key so far, this call's last
+    k_positions = np.arange(positions[-1] + 1 - k.shape[1], positions[-1] + 1)  # [S]
+    window = cfg.sliding_window if local else None
+    if window is not None:  # keys older than the first query's window are never seen: skip them
+        first = int(np.searchsorted(k_positions, positions[0] - window + 1))
+        k, v, k_positions = k[:, first:], v[:, first:], k_positions[first:]
+
+    k, v = repeat_kv(k, H // K), repeat_kv(v, H // K)  # [K, S, Hd] -> [H, S, Hd]
     scale = f32(cfg.query_pre_attn_scalar ** -0.5)  # Gemma 1: Hd ** -0.5; Gemma 2/3: query_pre_attn_scalar ** -0.5
-    scores = (q @ k.transpose(0, 2, 1)) * scale  # [H, T, Hd] @ [H, Hd, T] -> [H, T, T]
+    scores = (q @ k.transpose(0, 2, 1)) * scale  # [H, T, Hd] @ [H, Hd, S] -> [H, T, S]
     scores = softcap(scores, cfg.attn_logit_softcapping)  # Gemma 2: cap *before* the mask
-    mask = attention_mask(T, T, cfg.sliding_window if local else None)  # [T, T]
+    mask = attention_mask(positions, k_positions, window)  # [T, S]
     scores = np.where(mask, scores, f32(-np.inf))
-    probs = softmax(scores)  # [H, T, T]
+    probs = softmax(scores)  # [H, T, S]
     out = (probs @ v).transpose(1, 0, 2).reshape(T, H * Hd)  # [H, T, Hd] -> [T, H*Hd]
-    return out @ w["self_attn.o_proj.weight"].T  # [T, H*Hd] -> [T, D]
+    return linear(out, w["self_attn.o_proj.weight"])  # [T, H*Hd] -> [T, D]
 
 
 # --- one transformer block -----------------------------------------------------------------------
 
 
-def block(h: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig, layer_type: str, positions: np.ndarray) -> np.ndarray:
+def block(
+    h: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig, layer_type: str, positions: np.ndarray,
+    cache: LayerCache | None = None,
+) -> np.ndarray:
     """One decoder layer: attention then MLP, each in a residual branch.  [T, D] -> [T, D]"""
     eps = cfg.rms_norm_eps
-    a = attention(rms_norm(h, w["input_layernorm.weight"], eps), w, cfg, layer_type, positions)  # [T, D]
+    a = attention(rms_norm(h, w["input_layernorm.weight"], eps), w, cfg, layer_type, positions, cache)  # [T, D]
     if cfg.sandwich_norms:
         # Gemma 2/3: the branch output is normalised too, and the MLP gets its own pre-norm.
         h = h + rms_norm(a, w["post_attention_layernorm.weight"], eps)
@@ -181,7 +235,7 @@ def unembed(h: np.ndarray, weights: Weights, cfg: GemmaConfig, block_rows: int =
     """Logits against the tied (unscaled) embedding, read in blocks of rows.  [T, D] -> [T, V]"""
     logits = np.empty((h.shape[0], cfg.vocab_size), dtype=f32)  # [T, V]
     for start, E in weights.embedding_blocks(block_rows):  # E: [n, D], never all V rows in float32 at once
-        logits[:, start:start + E.shape[0]] = h @ E.T  # [T, D] @ [D, n] -> [T, n]
+        logits[:, start:start + E.shape[0]] = linear(h, E)  # [T, D] -> [T, n]
     return softcap(logits, cfg.final_logit_softcapping)  # Gemma 2: 30 * tanh(z / 30)
 
 
@@ -190,18 +244,27 @@ def forward(
     cfg: GemmaConfig,
     sequences: list[np.ndarray],
     progress: Callable[[int, int], None] | None = None,
+    caches: list[list[LayerCache]] | None = None,
+    last_only: bool = False,
 ) -> list[np.ndarray]:
     """Token ids to next-token logits for independent sequences.  [T_s] each -> [T_s, V] each
 
-    Each layer's weights are read (and converted to float32) once for all the
-    sequences, and only one layer is in memory at a time.
+    Each layer's weights are read once for all the sequences, and only one layer is in
+    memory at a time. With `caches` (one per sequence, from new_cache), the ids continue
+    what each cache holds and their keys/values are added to it; `last_only` computes
+    the logits of each sequence's last token only ([1, V] each), all that decoding needs.
     """
+    caches = caches if caches is not None else [None] * len(sequences)
+    starts = [c[0].length if c else 0 for c in caches]  # the first new token's position in each sequence
     hs = [embed(weights, ids, cfg) for ids in sequences]  # [T_s, D] each
     for i, layer_type in enumerate(cfg.layer_types):
-        w = weights.layer(i)  # this layer's tensors in float32
-        hs = [block(h, w, cfg, layer_type, np.arange(len(h))) for h in hs]  # positions 0..T-1: BOS at 0
+        w = weights.layer(i)  # this layer's tensors
+        hs = [block(h, w, cfg, layer_type, np.arange(s, s + len(h)), c[i] if c else None)  # BOS at position 0
+              for h, s, c in zip(hs, starts, caches)]
         if progress:
             progress(i + 1, cfg.num_hidden_layers)
+    if last_only:
+        hs = [h[-1:] for h in hs]  # [1, D] each
     norm = weights.final_norm()  # [D]
     h_all = np.concatenate([rms_norm(h, norm, cfg.rms_norm_eps) for h in hs])  # [sum T_s, D]
     logits = unembed(h_all, weights, cfg)  # [sum T_s, V]: the output matrix is read once for all sequences
@@ -214,13 +277,14 @@ def forward(
 class Model:
     """A Gemma checkpoint on disk, ready to run: ``load_model(dir).forward(ids)``."""
 
-    def __init__(self, path: str | os.PathLike, check: bool = True):
+    def __init__(self, path: str | os.PathLike, check: bool = True, cache_weights: bool = False):
+        """`cache_weights` keeps every weight in float32 after first use (faster repeats, 2x the bf16 size in RAM)."""
         self.path = os.fspath(path)
         if not os.path.isdir(self.path):
             raise InputError("model path is not a directory", self.path,
                              hint="pass the directory holding config.json and the safetensors")
         self.config: GemmaConfig = load_config(self.path)
-        self.weights = Weights(self.path, self.config, check=check)
+        self.weights = Weights(self.path, self.config, check=check, cache=cache_weights)
 
     def forward(self, token_ids: Sequence[int] | np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """float32 logits of shape [len(token_ids), vocab_size] for a 1-D sequence of token ids."""
@@ -265,6 +329,6 @@ def validate_ids(token_ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.n
     return ids.astype(np.int64)
 
 
-def load_model(path: str | os.PathLike) -> Model:
+def load_model(path: str | os.PathLike, cache_weights: bool = False) -> Model:
     """Open a model directory (config.json + safetensors) after checking its structure."""
-    return Model(path)
+    return Model(path, cache_weights=cache_weights)

@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -213,10 +215,85 @@ def check_structure(cfg: GemmaConfig, infos: dict[str, TensorInfo], prefix: str)
     return issues
 
 
-class Weights:
-    """Lazy access to a checkpoint's text-model tensors, converted to float32 on demand."""
+def matmul_stored(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x @ w.T for a weight still in its stored dtype (bf16/f16), converted a few rows at a time.  [T, in] -> [T, out]
 
-    def __init__(self, model_dir: str | os.PathLike, cfg: GemmaConfig, check: bool = True):
+    Converting a whole matrix first would write it to memory in float32 and read it back: three
+    times the traffic of the bf16 bytes. Chunks small enough to stay in the CPU cache (for one or a
+    few tokens, where the product is bandwidth-bound, split over the cores) or big enough to keep
+    the GEMM efficient (for a prompt) avoid that. Conversion is exact: the result is the float32 product.
+    """
+    n_out, n_in = w.shape
+    out = np.empty((x.shape[0], n_out), dtype=np.float32)
+    if x.shape[0] > SMALL_BATCH:  # a prompt: BLAS already uses every core for the GEMM
+        _convert_and_multiply(x, w, out, 0, n_out, LARGE_CHUNK_BYTES)
+        return out
+    workers = _pool()
+    parts = np.linspace(0, n_out, workers._max_workers + 1).astype(int)
+    jobs = [workers.submit(_convert_and_multiply, x, w, out, lo, hi, SMALL_CHUNK_BYTES)
+            for lo, hi in zip(parts[:-1], parts[1:]) if hi > lo]
+    for job in jobs:
+        job.result()
+    return out
+
+
+def _convert_and_multiply(x: np.ndarray, w: np.ndarray, out: np.ndarray, lo: int, hi: int, chunk_bytes: int) -> None:
+    """out[:, lo:hi] = x @ w[lo:hi].T, converting `chunk_bytes` of float32 rows at a time into a reused buffer."""
+    n_in = w.shape[1]
+    rows = max(8, chunk_bytes // (4 * n_in))
+    buf = _chunk_buffer(rows * n_in)
+    for start in range(lo, hi, rows):
+        stop = min(start + rows, hi)
+        chunk = buf[: (stop - start) * n_in].reshape(stop - start, n_in)
+        np.copyto(chunk, w[start:stop])  # bf16 -> f32, exact
+        out[:, start:stop] = (chunk @ x.T).T  # [rows, in] @ [in, T] -> [rows, T], the faster orientation
+
+
+SMALL_BATCH = 16  # up to this many tokens a projection is bandwidth-bound: convert cache-sized chunks on every core
+SMALL_CHUNK_BYTES = 1 << 20  # float32 bytes per chunk then (about one core's L2)
+LARGE_CHUNK_BYTES = 32 << 20  # otherwise: big enough for an efficient GEMM
+_local = threading.local()
+_workers: list[ThreadPoolExecutor] = []
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads for the conversion (NumPy releases the GIL while it converts and multiplies)."""
+    if not _workers:
+        _workers.append(ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="gemma_ref"))
+    return _workers[0]
+
+
+def _chunk_buffer(size: int) -> np.ndarray:
+    """A float32 scratch buffer of at least `size` elements, one per thread (fresh memory costs page faults)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _local.buf = np.empty(size, dtype=np.float32)
+    return buf
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class Weights:
+    """Lazy access to a checkpoint's text-model tensors.
+
+    By default nothing is converted ahead of time: ``layer(i)`` hands out zero-copy views of the
+    memory-mapped file in the stored dtype (the forward pass's ``linear`` converts them chunk by
+    chunk), so a 17 GB bf16 checkpoint runs in about one layer's worth of float32 scratch.
+    With ``cache=True`` every tensor is converted to float32 once, on first use, and kept: 2x the
+    bf16 size in RAM, in exchange for repeated forwards and decoding that never convert again.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, cfg: GemmaConfig, check: bool = True, cache: bool = False):
         self.dir = Path(model_dir)
         self.cfg = cfg
         self.files = list_checkpoint_files(self.dir)
@@ -229,17 +306,28 @@ class Weights:
                 shown = "; ".join(i.message for i in errors[:8])
                 more = f" (and {len(errors) - 8} more)" if len(errors) > 8 else ""
                 raise InputError(f"weights do not fit config.json: {shown}{more}", self.dir)
-        self._maps: dict[Path, np.memmap] = {}  # one read-only mapping per file, opened on first use
-        # float32 buffers reused from layer to layer: converting into fresh memory costs a page fault per
+        self._maps: dict[Path, np.ndarray] = {}  # one read-only mapping per file, opened on first use
+        # float32 buffers reused from block to block: converting into fresh memory costs a page fault per
         # 4 KiB (measured 0.46 GB/s on a 2-core VM) while converting into reused memory runs at ~7 GB/s.
         self._buffers: dict[str, np.ndarray] = {}
+        self._cache: dict[str, np.ndarray] | None = None
+        if cache:
+            need = 4 * self.parameter_count()
+            avail = available_memory()
+            if avail is not None and need > 0.9 * avail:
+                raise InputError(f"the float32 weight cache needs {need / 2**30:.1f} GiB but only "
+                                 f"{avail / 2**30:.1f} GiB of memory is available", self.dir,
+                                 hint="run without the cache: weights are then streamed from the file")
+            self._cache = {}
 
     # --- raw access --------------------------------------------------------------------------
 
-    def _map(self, file: Path) -> np.memmap:
+    def _map(self, file: Path) -> np.ndarray:
         m = self._maps.get(file)
         if m is None:
-            m = self._maps[file] = np.memmap(file, dtype=np.uint8, mode="r")
+            # A plain ndarray view of the mapping: slicing np.memmap itself runs Python code on every slice,
+            # which costs more than converting the slice when decoding streams thousands of chunks per token.
+            m = self._maps[file] = np.memmap(file, dtype=np.uint8, mode="r").view(np.ndarray)
         return m
 
     def _slice(self, rel: str) -> np.ndarray:
@@ -262,26 +350,39 @@ class Weights:
         np.copyto(out, src)  # bf16/f16 -> f32, exact
         return out
 
+    def _matrix(self, rel: str) -> np.ndarray:
+        """A 2-D weight for ``linear``: the cached float32 copy, or the stored-dtype view of the file."""
+        if self._cache is None:
+            return self._slice(rel)  # float32 files give float32 views: used as they are
+        w = self._cache.get(rel)
+        if w is None:
+            w = self._cache[rel] = self.tensor(rel)
+        return w
+
     # --- what the forward pass asks for --------------------------------------------------------
 
     def embedding_rows(self, ids: np.ndarray) -> np.ndarray:
         """E[ids] in float32, reading only those rows' pages.  [T] -> [T, hidden]"""
-        return np.array(self._slice("embed_tokens.weight")[ids], dtype=np.float32)
+        return np.array(self._matrix("embed_tokens.weight")[ids], dtype=np.float32)
 
     def embedding_blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """The embedding matrix in blocks of rows, float32: yields (first row, [n, hidden])."""
+        """The embedding matrix in blocks of rows (float32 or stored dtype): yields (first row, [n, hidden])."""
+        E = self._matrix("embed_tokens.weight")
         for start in range(0, self.cfg.vocab_size, block_rows):
-            stop = min(start + block_rows, self.cfg.vocab_size)
-            yield start, self._read_into("embed_block", "embed_tokens.weight", start, stop)  # valid until the next block
+            yield start, E[start:start + block_rows]
 
     def layer(self, i: int) -> dict[str, np.ndarray]:
-        """All tensors of layer i in float32, keyed by their name inside the layer.
+        """All tensors of layer i keyed by their name inside the layer.
 
-        The arrays are buffers reused by the next ``layer()`` call: use them before asking for another layer
-        (copy them to keep them).
+        Matrices come as float32 (cached or stored so) or as zero-copy views in the stored dtype,
+        which ``model.linear`` converts chunk by chunk; the small norm vectors always in float32.
         """
         p = f"layers.{i}."
-        return {rel[len(p):]: self._read_into(rel[len(p):], rel) for rel in expected_shapes(self.cfg) if rel.startswith(p)}
+        out = {}
+        for rel, shape in expected_shapes(self.cfg).items():
+            if rel.startswith(p):
+                out[rel[len(p):]] = self._matrix(rel) if len(shape) == 2 else self.tensor(rel)
+        return out
 
     def final_norm(self) -> np.ndarray:
         return self.tensor("norm.weight")
@@ -322,4 +423,6 @@ class Weights:
 
     def close(self) -> None:
         self._buffers.clear()
+        if self._cache is not None:
+            self._cache.clear()
         self._maps.clear()  # the mappings close when the last view of them is gone

@@ -136,36 +136,105 @@ def golden(
 
 @app.command()
 def verify(
-    golden_file: Annotated[Path, typer.Option("--golden", "-g", help="Golden file to compare against.")],
-    model: Annotated[Optional[Path], typer.Argument(help="Model directory (config.json + safetensors).", show_default=False)] = None,
+    golden_file: Annotated[Optional[Path], typer.Option("--golden", "-g", help="Golden file to compare a model directory against.")] = None,
+    model: Annotated[Optional[Path], typer.Argument(help="Model directory (config.json + safetensors), or a .gguf variant (with --against).", show_default=False)] = None,
     repo: Annotated[Optional[str], typer.Option("--repo", help="Verify ORG/NAME[@REVISION] from the Hub instead "
                                                 "(downloads config, safetensors and tokenizer only).")] = None,
     token: Annotated[Optional[str], typer.Option("--token", help="Hub token (prefer HF_TOKEN: options end up in shell history).",
                                                  show_default=False)] = None,
-    atol: Annotated[float, typer.Option(help="Absolute tolerance on every logit.", min=0)] = 1e-4,
+    against: Annotated[Optional[Path], typer.Option("--against", help="For a .gguf MODEL: the original model directory it was made from.")] = None,
+    ids: Annotated[Optional[list[str]], typer.Option("--ids", help="For a .gguf: a prompt as token ids, e.g. '2,651,6037'. Repeatable.")] = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="For a .gguf: YAML/JSON prompts file (default: the built-in set).")] = None,
+    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance on every logit (default 1e-4; none for a .gguf).", min=0, show_default=False)] = None,
     rtol: Annotated[float, typer.Option(help="Relative tolerance (times |golden|).", min=0)] = 1e-5,
     max_kl: Annotated[Optional[float], typer.Option(help="Fail when a position's KL(golden||ours) exceeds this.")] = None,
-    min_top1: Annotated[Optional[float], typer.Option(help="Fail when top-1 agreement is below this fraction.")] = None,
+    min_top1: Annotated[Optional[float], typer.Option(help="Fail when top-1 agreement is below this fraction (per prompt; for a .gguf over all positions, default per quant type).")] = None,
+    max_mean_kl: Annotated[Optional[float], typer.Option(help="Fail when the mean KL over all positions exceeds this (a .gguf: default per quant type).")] = None,
     scan: Annotated[bool, typer.Option("--scan/--no-scan", help="Scan every weight for NaN/Inf first.")] = True,
     json_out: JsonOpt = False,
+    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the JSON report to this file (e.g. for `variants table --fidelity`).")] = None,
 ) -> None:
-    """Check a checkpoint's files, then its logits against a golden file. Exit 0 pass, 1 fail, 2 bad input."""
-    from release.verify import Tolerance, render_report, verify_model
+    """Check a checkpoint against a golden file, or a GGUF variant against its original. Exit 0 pass, 1 fail, 2 bad input."""
+    from release.verify import Tolerance, render_report, verify_model, write_report_json
 
-    if (model is None) == (repo is None):
-        raise typer.BadParameter("give either a MODEL directory or --repo ORG/NAME[@REVISION]")
-    if repo is not None:
-        from release.hub import download_for_verify, parse_repo_ref
+    if model is not None and model.suffix.lower() == ".gguf":
+        from release.gguf_verify import prompt_specs_for, verify_gguf
 
-        model = download_for_verify(*parse_repo_ref(repo), token=token)
-    tol = Tolerance(atol=atol, rtol=rtol, max_kl=max_kl, min_top1=min_top1)
-    with _progress() as bar:
-        report = verify_model(model, golden_file, tol, scan, _progress_callback(bar))
+        if against is None or golden_file is not None or repo is not None:
+            raise typer.BadParameter("a .gguf variant is compared with its original: give --against MODEL_DIR (not --golden or --repo)")
+        if atol is not None:
+            raise typer.BadParameter("--atol does not apply to a .gguf (lossy variants are judged by --max-mean-kl, --min-top1, --max-kl)")
+        with _progress() as bar:
+            report = verify_gguf(model, against, prompt_specs_for(ids, prompts), max_mean_kl, min_top1, max_kl,
+                                 _progress_callback(bar))
+    else:
+        if (model is None) == (repo is None):
+            raise typer.BadParameter("give either a MODEL directory or --repo ORG/NAME[@REVISION]")
+        if golden_file is None or against is not None or ids or prompts is not None:
+            raise typer.BadParameter("a model directory is checked against --golden FILE (--against, --ids and --prompts are for a .gguf)")
+        if repo is not None:
+            from release.hub import download_for_verify, parse_repo_ref
+
+            model = download_for_verify(*parse_repo_ref(repo), token=token)
+        tol = Tolerance(atol=1e-4 if atol is None else atol, rtol=rtol, max_kl=max_kl, min_top1=min_top1, max_mean_kl=max_mean_kl)
+        with _progress() as bar:
+            report = verify_model(model, golden_file, tol, scan, _progress_callback(bar))
+    if out_file is not None:
+        write_report_json(report, out_file)
     if json_out:
         out.print_json(data=report.to_dict())
     else:
         out.print(render_report(report))
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def generate(
+    model: ModelArg,
+    prompt: Annotated[str, typer.Argument(help="Prompt text, taken verbatim (BOS is added).", show_default=False)],
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap PROMPT as one user turn of the chat template.")] = False,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Stop after this many new tokens.", min=0)] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy; higher = more random.", min=0)] = 0.0,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Sample among the k most likely tokens.", min=1)] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Sample among the fewest tokens holding this much probability.",
+                                                   min=0, max=1)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (same seed, same text).")] = None,
+    cache_weights: Annotated[bool, typer.Option("--cache-weights", help="Keep weights in float32 after first use "
+                                                "(2x the bf16 size in RAM; faster decoding).")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Generate text with the reference model, streaming tokens as they come (KV cache, greedy or sampled)."""
+    import json
+
+    from gemma_ref.generate import Sampling, TextStream, generate as run, stop_ids
+    from gemma_ref.model import Model
+    from gemma_ref.tokenizer import Tokenizer
+
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    tok = Tokenizer(model)
+    with Model(model, cache_weights=cache_weights) as m:
+        tok.check_vocab(m.config.vocab_size)
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}]) if chat else tok.encode(prompt)
+        stop = stop_ids(m.config, tok)
+        stream = TextStream(tok, ids, hide=stop)
+
+        def show(token: int) -> None:
+            if not json_out:
+                sys.stdout.write(stream.push(token))
+                sys.stdout.flush()
+
+        result = run(m, ids, max_new_tokens, sampling, stop, on_token=show)
+    text = tok.decode([i for i in result.ids if i not in stop])
+    per_token = result.seconds_per_token
+    if json_out:
+        print(json.dumps({"prompt_tokens": len(ids), "ids": result.ids, "text": text, "stop_reason": result.stop_reason,
+                          "prefill_seconds": round(result.prefill_seconds, 4),
+                          "seconds_per_token": None if per_token is None else round(per_token, 4)}, ensure_ascii=False))
+        return
+    sys.stdout.write("\n")
+    rate = f", {per_token:.3f} s/token" if per_token is not None else ""
+    err.print(f"[dim]{len(ids)} prompt tokens in {result.prefill_seconds:.2f} s; {len(result.ids)} new{rate}; "
+              f"stopped: {result.stop_reason}[/]")
 
 
 # --- tokenizer ---------------------------------------------------------------------------------
@@ -352,20 +421,23 @@ def variants_table(
     directory: ReleaseDirArg,
     write: Annotated[bool, typer.Option("--write", help="Write the table into DIR/README.md between the markers.")] = False,
     hub: HubOpt = False,
+    fidelity: Annotated[Optional[list[Path]], typer.Option("--fidelity", help="JSON report of `verify X.gguf --against M` (--out or --json); "
+                                                          "adds a fidelity column matched by file name. Repeatable.")] = None,
 ) -> None:
     """Generate the variant table from release.yaml and the real files (local_dir, or the Hub with --hub)."""
     from release import release_yaml
-    from release.variants import generate_table, listing_for, write_table
+    from release.variants import generate_table, listing_for, load_fidelity, write_table
 
+    measured = load_fidelity(fidelity) if fidelity else None
     if write:
-        card, changed = write_table(directory, hub=True if hub else None)
+        card, changed = write_table(directory, hub=True if hub else None, fidelity=measured)
         out.print(f"{'updated' if changed else 'unchanged'}: {card}")
         return
     cfg = release_yaml.load(directory)
     listing = listing_for(cfg, True if hub else None, Path(directory))
     if listing is None:
         raise InputError("no variant has a local_dir and Hub access is off; pass --hub", path=cfg.path)
-    out.print(escape(generate_table(cfg, listing)), end="")
+    out.print(escape(generate_table(cfg, listing, measured)), end="")
 
 
 if __name__ == "__main__":  # pragma: no cover

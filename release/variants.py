@@ -600,9 +600,60 @@ def _variant_files(v, files: dict[str, int]) -> list[str]:  # noqa: ANN001 - rel
     return sorted(p for p in files if p.endswith(WEIGHT_SUFFIXES))
 
 
-def generate_table(cfg, listing: Listing) -> str:  # noqa: ANN001 - release_yaml.ReleaseConfig
-    """The Markdown table of ``cfg.variants`` with real sizes; raises InputError for a missing variant."""
-    lines = ["| Name | Format | Quant type | Size | Description |", "| ---- | ------ | ---------- | ---- | ----------- |"]
+# --- measured fidelity (verify X.gguf --against M) ----------------------------------------------------
+
+FIDELITY_HEADER = "Fidelity (mean KL, top-1)"
+NOT_MEASURED = "not measured"
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """One GGUF's measured fidelity, read from `gemma-release verify X.gguf --against M --json` output."""
+
+    file: str  # the GGUF's file name: how a result finds its table row
+    quant: str
+    mean_kl: float  # mean KL(original || variant) over every position, nats
+    top1: float  # top-1 agreement over every position
+    ok: bool  # the verdict of that run
+    source: Path  # the JSON report it came from
+
+    def cell(self) -> str:
+        return f"{self.mean_kl:.2g} nats, {self.top1:.1%}" + ("" if self.ok else " (fails its bounds)")
+
+
+def load_fidelity(paths: Iterable[str | os.PathLike]) -> dict[str, Fidelity]:
+    """File name -> Fidelity from verify's JSON reports; InputError for anything else (or two reports of one file)."""
+    found: dict[str, Fidelity] = {}
+    for p in map(Path, paths):
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            if data.get("kind") != "gguf":
+                raise ValueError("not the report of `verify X.gguf --against MODEL_DIR`")
+            f = Fidelity(file=str(data["variant"]["file"]), quant=str(data["variant"].get("quant") or ""),
+                         mean_kl=float(data["overall"]["mean_kl"]), top1=float(data["overall"]["top1_agreement"]),
+                         ok=bool(data["ok"]), source=p)
+        except FileNotFoundError:
+            raise InputError("fidelity report not found", path=p) from None
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise InputError(f"not a GGUF fidelity report ({type(e).__name__}: {e})", path=p,
+                             hint="make one with `gemma-release verify X.gguf --against MODEL_DIR --out X.json`") from None
+        if f.file in found:
+            raise InputError(f"two fidelity reports for {f.file} ({found[f.file].source} and {p})", path=p)
+        found[f.file] = f
+    return found
+
+
+def generate_table(cfg, listing: Listing, fidelity: dict[str, Fidelity] | None = None) -> str:  # noqa: ANN001
+    """The Markdown table of ``cfg.variants`` (a release_yaml.ReleaseConfig) with real sizes.
+
+    With ``fidelity`` (file name -> measurement) a fidelity column is added; rows without a
+    measurement say "not measured". InputError for a missing variant or an unmatched measurement.
+    """
+    header, rule = "| Name | Format | Quant type | Size | Description |", "| ---- | ------ | ---------- | ---- | ----------- |"
+    if fidelity is not None:
+        header, rule = header + f" {FIDELITY_HEADER} |", rule + " " + "-" * len(FIDELITY_HEADER) + " |"
+    lines = [header, rule]
+    used: set[str] = set()
     base = hub_base()
     for v in cfg.variants:
         q = parse_quant(v.quant, v.format)
@@ -626,8 +677,27 @@ def generate_table(cfg, listing: Listing) -> str:  # noqa: ANN001 - release_yaml
         if len(chosen) > 1 and (v.file or v.shards):
             desc = (desc + " " if desc else "") + f"({len(chosen)} parts)"
         size = format_size(sum(files[p] for p in chosen))
-        lines.append(f"| {link} | {FORMATS[v.format]} | {q.name} | {size} | {desc} |")
+        row = f"| {link} | {FORMATS[v.format]} | {q.name} | {size} | {desc} |"
+        if fidelity is not None:
+            hit = next((fidelity[n] for n in (p.rsplit("/", 1)[-1] for p in chosen) if n in fidelity), None)
+            row += f" {hit.cell() if hit else NOT_MEASURED} |"  # never invented: no report, no number
+            used.update({hit.file} if hit else ())
+        lines.append(row)
+    unmatched = sorted(set(fidelity or ()) - used)
+    if unmatched:
+        f = fidelity[unmatched[0]]  # type: ignore[index]
+        raise InputError(f"fidelity report for {f.file} matches no variant file in release.yaml", path=f.source)
     return "\n".join(lines) + "\n"
+
+
+def without_column(table: str, header: str) -> str:
+    """A Markdown table with the column named ``header`` removed (unchanged when it has none)."""
+    lines = table.splitlines()
+    if not lines or header not in _cells(lines[0]):
+        return table
+    i = _cells(lines[0]).index(header)
+    kept = ["| " + " | ".join(c for j, c in enumerate(_cells(line)) if j != i) + " |" for line in lines]
+    return "\n".join(kept) + "\n"
 
 
 def insert_table(card_text: str, table: str) -> str:
@@ -781,13 +851,14 @@ def _table_findings(text: str, cfg, listing: Listing | None, path: str) -> list[
         expected = generate_table(cfg, listing)
     except InputError as e:
         return [Finding("QUANT010", "info", f"variant table not compared: {e.message}", path=path, line=cur[1])]
-    if expected.strip() != cur[0].strip():
+    # The measured-fidelity column comes from reports, not from release.yaml: it does not make a table stale.
+    if without_column(expected, FIDELITY_HEADER).strip() != without_column(cur[0], FIDELITY_HEADER).strip():
         return [Finding("QUANT007", "error", "the variant table differs from what release.yaml and the real files give; run `gemma-release variants table DIR --write`", path=path, line=cur[1])]
     return []
 
 
-def write_table(release_dir: Path, hub: object = None) -> tuple[Path, bool]:
-    """Regenerate the card's variant table in place (atomically). Returns (card, changed)."""
+def write_table(release_dir: Path, hub: object = None, fidelity: dict[str, Fidelity] | None = None) -> tuple[Path, bool]:
+    """Regenerate the card's variant table in place (atomically), with a fidelity column when given. Returns (card, changed)."""
     from release import release_yaml
 
     cfg = release_yaml.load(release_dir)
@@ -796,7 +867,7 @@ def write_table(release_dir: Path, hub: object = None) -> tuple[Path, bool]:
     if listing is None:
         raise InputError("no variant has a local_dir and Hub access is off; pass --hub", path=cfg.path)
     text = card.read_text(encoding="utf-8")
-    new = insert_table(text, generate_table(cfg, listing))
+    new = insert_table(text, generate_table(cfg, listing, fidelity))
     if new == text:
         return card, False
     tmp = card.with_name(f".{card.name}.tmp")

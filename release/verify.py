@@ -43,12 +43,18 @@ _ISSUE_RULE = {"missing": "WEIGHTS001", "shape": "WEIGHTS002", "dtype": "WEIGHTS
 
 @dataclass(frozen=True)
 class Tolerance:
-    """When two logit arrays count as the same: |Δ| <= atol + rtol * |golden| everywhere."""
+    """When two logit arrays count as the same: |Δ| <= atol + rtol * |golden| everywhere, plus optional bounds.
 
-    atol: float = 1e-4  # absolute; float32 reruns of the same weights differ by ~1e-6 at Gemma's magnitudes
+    Lossy variants (quantized GGUFs) set ``atol`` to None and are judged by the distribution
+    instead: the mean KL and the top-1 agreement over all positions of all prompts.
+    """
+
+    atol: float | None = 1e-4  # absolute; float32 reruns differ by ~1e-6 at Gemma's magnitudes. None: no per-logit bound
     rtol: float = 1e-5  # relative to the golden value (soft-capped logits reach ±30, uncapped ones more)
-    max_kl: float | None = None  # optional bound on the largest per-position KL(golden || ours)
-    min_top1: float | None = None  # optional bound on the fraction of positions whose argmax agrees
+    max_kl: float | None = None  # optional bound on the largest per-position KL(golden || ours), per prompt
+    min_top1: float | None = None  # optional bound on the fraction of a prompt's positions whose argmax agrees
+    max_mean_kl: float | None = None  # optional bound on the mean KL over every position of every prompt
+    min_overall_top1: float | None = None  # optional bound on the top-1 agreement over every position of every prompt
 
 
 @dataclass
@@ -75,6 +81,8 @@ class VerifyReport:
     tolerance: Tolerance
     prompts: list[PromptResult] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    kind: str = "golden"  # "golden": a model against a golden file; "gguf": a GGUF variant against its original
+    variant: dict[str, Any] | None = None  # for kind "gguf": file, bytes, quant label, tensor types
 
     @property
     def ok(self) -> bool:
@@ -84,30 +92,55 @@ class VerifyReport:
     def max_abs_diff(self) -> float:
         return max((p.max_abs_diff for p in self.prompts), default=0.0)
 
+    @property
+    def n_positions(self) -> int:
+        return sum(p.n_tokens for p in self.prompts)
+
+    @property
+    def mean_kl(self) -> float:
+        """Mean KL over every compared position of every prompt (prompts weighted by their length)."""
+        return sum(p.mean_kl * p.n_tokens for p in self.prompts) / max(1, self.n_positions)
+
+    @property
+    def top1_agreement(self) -> float:
+        """Fraction of all compared positions whose argmax agrees."""
+        return sum(p.top1_agreement * p.n_tokens for p in self.prompts) / max(1, self.n_positions)
+
     def verdict(self) -> str:
-        n_pos = sum(p.n_tokens for p in self.prompts)
         head = "PASS" if self.ok else "FAIL"
         if not self.prompts:
             return f"{head}: logits not compared ({len([f for f in self.findings if f.severity == 'error'])} errors)"
+        tol = self.tolerance
         bad = sum(not p.within_tolerance for p in self.prompts)
-        return (f"{head}: {len(self.prompts)} prompts, {n_pos} positions, max |Δlogit| {self.max_abs_diff:.3g} "
-                f"(tolerance {self.tolerance.atol:g} + {self.tolerance.rtol:g}·|golden|)"
-                + (f", {bad} prompts outside tolerance" if bad else "")
+        text = f"{head}: {len(self.prompts)} prompts, {self.n_positions} positions, max |Δlogit| {self.max_abs_diff:.3g}"
+        if tol.atol is not None:
+            text += f" (tolerance {tol.atol:g} + {tol.rtol:g}·|golden|)"
+        if tol.atol is None or tol.max_mean_kl is not None or tol.min_overall_top1 is not None:
+            text += f", mean KL {self.mean_kl:.3g}" + (f" (bound {tol.max_mean_kl:g})" if tol.max_mean_kl is not None else "")
+            text += f", top-1 {self.top1_agreement:.1%}" + (
+                f" (bound {tol.min_overall_top1:.0%})" if tol.min_overall_top1 is not None else "")
+        return (text + (f", {bad} prompts outside tolerance" if bad else "")
                 + (f", {sum(f.severity == 'error' for f in self.findings)} errors" if not self.ok else ""))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "ok": self.ok,
             "verdict": self.verdict(),
+            "kind": self.kind,
             "model": self.model,
             "golden": self.golden,
             "golden_producer": self.golden_producer,
             "storage": self.storage,
             "tolerance": asdict(self.tolerance),
             "max_abs_diff": self.max_abs_diff,
+            "overall": {"positions": self.n_positions, "mean_kl": self.mean_kl, "top1_agreement": self.top1_agreement,
+                        "max_kl": max((p.max_kl for p in self.prompts), default=0.0), "max_abs_diff": self.max_abs_diff},
             "prompts": [asdict(p) for p in self.prompts],
             "findings": [f.to_dict() for f in self.findings],
         }
+        if self.variant is not None:
+            d["variant"] = self.variant
+        return d
 
 
 # --- comparing one prompt ----------------------------------------------------------------------
@@ -123,7 +156,7 @@ def compare_prompt(ours: np.ndarray, golden: GoldenPrompt, tol: Tolerance) -> Pr
     if golden.logits is not None:
         g = golden.logits
         diff = np.abs(ours - g)  # [T, V]
-        within = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(g)))
+        within = tol.atol is None or bool(np.all(diff <= tol.atol + tol.rtol * np.abs(g)))
         lp_g, lp_o = _log_softmax(g), _log_softmax(ours)
         kl = np.sum(np.exp(lp_g) * (lp_g - lp_o), axis=-1)  # [T]
         top1 = np.argmax(ours, axis=-1) == np.argmax(g, axis=-1)
@@ -134,8 +167,8 @@ def compare_prompt(ours: np.ndarray, golden: GoldenPrompt, tol: Tolerance) -> Pr
         o_lse = logsumexp(ours)  # [T]
         d_top = np.abs(o_top - g_top)
         d_lse = np.abs(o_lse - g_lse)
-        within = bool(np.all(d_top <= tol.atol + tol.rtol * np.abs(g_top))
-                      and np.all(d_lse <= tol.atol + tol.rtol * np.abs(g_lse)))
+        within = tol.atol is None or bool(np.all(d_top <= tol.atol + tol.rtol * np.abs(g_top))
+                                          and np.all(d_lse <= tol.atol + tol.rtol * np.abs(g_lse)))
         per_pos = np.maximum(d_top.max(axis=-1), d_lse)
         # KL over the top-k ids plus one bucket for the rest: a lower bound of the full KL, exact when k = V.
         lp_g = g_top.astype(np.float64) - g_lse[:, None]
@@ -167,6 +200,43 @@ def prompt_findings(res: PromptResult, tol: Tolerance, golden_path: str) -> list
                            f"prompt {res.name!r}: top-1 agreement {res.top1_agreement:.1%} below {tol.min_top1:.1%}",
                            path=golden_path))
     return out
+
+
+def overall_findings(prompts: list[PromptResult], tol: Tolerance, path: str) -> list[Finding]:
+    """LOGITS002 for the bounds over every position of every prompt (mean KL, top-1 agreement)."""
+    n = sum(p.n_tokens for p in prompts)
+    if not n:
+        return []
+    mean_kl = sum(p.mean_kl * p.n_tokens for p in prompts) / n
+    top1 = sum(p.top1_agreement * p.n_tokens for p in prompts) / n
+    out = []
+    if tol.max_mean_kl is not None and mean_kl > tol.max_mean_kl:
+        out.append(Finding("LOGITS002", "error", f"mean KL {mean_kl:.3g} over {n} positions exceeds {tol.max_mean_kl:g}",
+                           path=path))
+    if tol.min_overall_top1 is not None and top1 < tol.min_overall_top1:
+        out.append(Finding("LOGITS002", "error", f"top-1 agreement {top1:.1%} over {n} positions is below "
+                                                 f"{tol.min_overall_top1:.1%}", path=path))
+    return out
+
+
+def write_report_json(report: VerifyReport, path: str | Path) -> Path:
+    """The JSON report in a file, written atomically (temp file + rename)."""
+    import json
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(report.to_dict(), fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 # --- structure -----------------------------------------------------------------------------------
@@ -232,6 +302,7 @@ def verify_model(
                 "TOKENS001", "error",
                 f"prompt {gp.name!r}: the model's tokenizer encodes the recorded text to other ids than the golden's "
                 "(a tokenizer change, separate from the logits)", path=str(model_dir)))
+    report.findings += overall_findings(report.prompts, tol, str(golden.path))
     return report
 
 
@@ -255,9 +326,13 @@ def render_report(report: VerifyReport):
     from release.findings import render_text
 
     parts: list[Any] = []
-    shown = [f for f in report.findings if not f.rule.startswith("LOGITS")]
+    shown = [f for f in report.findings if f.rule != "LOGITS001"]  # the table shows LOGITS001 as MISMATCH
     if shown:
         parts.append(Text(render_text(shown).rsplit("\n", 1)[0]))
+    if report.variant:
+        v = report.variant
+        types = ", ".join(f"{k}×{n}" for k, n in sorted(v.get("tensor_types", {}).items()))
+        parts.append(Text(f"{v.get('file')}: {v.get('quant')}, {v.get('bytes', 0):,} bytes, tensors {types}"))
     if report.prompts:
         t = Table(title=f"{report.model} vs {report.golden} ({report.golden_producer}, {report.storage})",
                   title_justify="left")

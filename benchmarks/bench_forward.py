@@ -1,0 +1,205 @@
+"""Prefill and KV-cache decode speed and memory of the NumPy forward, against transformers, in one run.
+
+    python benchmarks/bench_forward.py                          # gemma-2b shape: all runs
+    python benchmarks/bench_forward.py --variant gemma-7b       # runs that fit in RAM only
+
+Writes a random bf16 checkpoint with the variant's real tensor names and shapes
+(benchmarks/bench_verify.py's writer) unless it is there; nothing is downloaded.
+Each run is a fresh process, so its memory is its own:
+
+* ``numpy-stream``: weights streamed from the bf16 file (the default);
+* ``numpy-cached``: ``cache_weights=True``, float32 copies kept after first use
+  (its first prefill includes the conversion; the second one is reported);
+* ``hf-float32`` / ``hf-bfloat16``: transformers, eager attention, ``use_cache``.
+
+Every run: prefill of the prompt with logits for ALL positions, then greedy
+decoding of --decode tokens one at a time through the KV cache (median seconds
+per token). Also measured in the same run, as the roofs: float32 GEMM GFLOP/s
+(NumPy, the prefill's shape) and memory bandwidth (a float32 matrix-vector
+product over 1 GiB). The prefill roof is its FLOPs at that rate; the decode
+bound is the bytes of weights one token must read (bf16 when streaming,
+float32 when cached) at that bandwidth. Runs that cannot fit in RAM are skipped
+and say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_verify import PeakSampler, _status_kb, write_checkpoint  # noqa: E402
+
+RUNS = ("numpy-stream", "numpy-cached", "hf-float32", "hf-bfloat16")
+
+
+def best_of(f, n: int) -> float:
+    f()
+    best = float("inf")
+    for _ in range(n):
+        t0 = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def roofs(hidden: int, ffn: int, tokens: int) -> dict:
+    """float32 GEMM rate in the prefill's shape and matrix-vector bandwidth, measured now."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((tokens, hidden), dtype=np.float32)
+    w = rng.standard_normal((ffn, hidden), dtype=np.float32)
+    gemm = 2 * tokens * hidden * ffn / best_of(lambda: x @ w.T, 5) / 1e9
+    big = rng.standard_normal(((1 << 28) // 4096, 4096), dtype=np.float32)  # 1 GiB
+    v = rng.standard_normal(4096, dtype=np.float32)
+    bandwidth = big.nbytes / best_of(lambda: big @ v, 5) / 1e9
+    return {"gemm_gflops": gemm, "bandwidth_gbs": bandwidth}
+
+
+def child(kind: str, model: Path, ids: list[int], n_decode: int) -> dict:
+    with PeakSampler() as s:
+        t0 = time.perf_counter()
+        out = run_numpy(kind, model, ids, n_decode) if kind.startswith("numpy") else run_hf(kind, model, ids, n_decode)
+        out["total_seconds"] = time.perf_counter() - t0
+    return {"kind": kind, **out, "peak_rss_gib": _status_kb("VmHWM") / 2**20, "peak_rss_anon_gib": s.peak_anon_kb / 2**20}
+
+
+def run_numpy(kind: str, model: Path, ids: list[int], n_decode: int) -> dict:
+    from gemma_ref.model import forward, load_model, new_cache
+
+    m = load_model(model, cache_weights=kind == "numpy-cached")
+    cfg, prompt = m.config, np.asarray(ids)
+    out = {}
+    if kind == "numpy-cached":  # the first forward converts and keeps the weights: report it apart
+        t0 = time.perf_counter()
+        forward(m.weights, cfg, [prompt])
+        out["first_prefill_seconds"] = time.perf_counter() - t0
+    cache = new_cache(cfg, capacity=len(ids) + n_decode)
+    t0 = time.perf_counter()
+    logits = forward(m.weights, cfg, [prompt], caches=[cache])[0]  # all positions' logits
+    out["prefill_seconds"] = time.perf_counter() - t0
+    token, per_token = int(np.argmax(logits[-1])), []
+    for _ in range(n_decode):
+        t0 = time.perf_counter()
+        row = forward(m.weights, cfg, [np.array([token])], caches=[cache], last_only=True)[0][-1]
+        per_token.append(time.perf_counter() - t0)
+        token = int(np.argmax(row))
+    out["decode_seconds_per_token"] = float(np.median(per_token))
+    return out
+
+
+def run_hf(kind: str, model: Path, ids: list[int], n_decode: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.float32 if kind == "hf-float32" else torch.bfloat16
+    t0 = time.perf_counter()
+    m = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype, attn_implementation="eager").eval()
+    out = {"load_seconds": time.perf_counter() - t0}
+    with torch.inference_mode():
+        x = torch.tensor([ids])
+        t0 = time.perf_counter()
+        r = m(input_ids=x, use_cache=True)  # logits for all positions
+        out["prefill_seconds"] = time.perf_counter() - t0
+        past, token, per_token = r.past_key_values, r.logits[0, -1].argmax().view(1, 1), []
+        for _ in range(n_decode):
+            t0 = time.perf_counter()
+            r = m(input_ids=token, past_key_values=past, use_cache=True)
+            per_token.append(time.perf_counter() - t0)
+            past, token = r.past_key_values, r.logits[0, -1].argmax().view(1, 1)
+    out["decode_seconds_per_token"] = float(np.median(per_token))
+    return out
+
+
+def run_child(kind: str, model: Path, ids: list[int], n_decode: int) -> dict | None:
+    cmd = [sys.executable, __file__, "--child", kind, "--dir", str(model), "--decode", str(n_decode),
+           "--ids", ",".join(map(str, ids))]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        print(f"{kind} failed (exit {p.returncode}):\n{p.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def fits(kind: str, params: int) -> bool:
+    """Whether a run's resident weights fit in this machine's RAM (with 2 GiB to spare)."""
+    bytes_per = {"numpy-stream": 0, "numpy-cached": 4, "hf-float32": 4, "hf-bfloat16": 2}[kind]
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return bytes_per * params + (2 << 30) < total
+
+
+def main() -> None:
+    from gemma_ref.config import KNOWN_VARIANTS, config_from_dict, variant_config_json
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variant", default="gemma-2b", choices=list(KNOWN_VARIANTS))
+    ap.add_argument("--dir", type=Path, default=None, help="checkpoint directory (default /tmp/gemma-bench/VARIANT)")
+    ap.add_argument("--tokens", type=int, default=128, help="prompt length")
+    ap.add_argument("--decode", type=int, default=16, help="tokens to decode")
+    ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of " + ", ".join(RUNS))
+    ap.add_argument("--ids", default=None)
+    ap.add_argument("--child", default=None)
+    a = ap.parse_args()
+    model = a.dir or Path("/tmp/gemma-bench") / a.variant
+    if a.child:
+        print(json.dumps(child(a.child, model, [int(x) for x in a.ids.split(",")], a.decode)))
+        return
+    if not (model / "config.json").is_file():
+        print(f"writing a random {a.variant} checkpoint to {model} ...", file=sys.stderr)
+        write_checkpoint(a.variant, model)
+    cfg = config_from_dict(variant_config_json(a.variant))
+    files = sorted(model.glob("*.safetensors"))
+    for f in files:  # warm the page cache so every run starts alike
+        with open(f, "rb") as fh:
+            while fh.read(64 << 20):
+                pass
+    ids = [2] + np.random.default_rng(1).integers(4, cfg.vocab_size, size=a.tokens - 1).tolist()
+    params = cfg.expected_parameters()
+    matrix_params = params - cfg.num_hidden_layers * 6 * cfg.hidden_size  # norms are noise
+    attn_flops = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * a.tokens ** 2 // 2
+    prefill_gflop = (2 * a.tokens * matrix_params + attn_flops) / 1e9
+    roof = roofs(cfg.hidden_size, cfg.intermediate_size, a.tokens)
+
+    results = {}
+    for kind in a.runs.split(","):
+        if not fits(kind, params):
+            print(f"{kind}: skipped, {params / 1e9:.2f}B parameters do not fit in this machine's RAM", file=sys.stderr)
+            continue
+        print(f"running {kind} ...", file=sys.stderr)
+        r = run_child(kind, model, ids, a.decode)
+        if r:
+            results[kind] = r
+
+    gib = sum(f.stat().st_size for f in files) / 2**30
+    print(f"{a.variant}: {params / 1e9:.2f}B parameters, bf16 {gib:.2f} GiB on disk; prompt {a.tokens} tokens "
+          f"(all logits), {a.decode} decoded tokens")
+    print(f"roofs measured now: float32 GEMM {roof['gemm_gflops']:.0f} GFLOP/s -> prefill roof "
+          f"{prefill_gflop / roof['gemm_gflops']:.2f} s ({prefill_gflop:.0f} GFLOP); bandwidth {roof['bandwidth_gbs']:.1f} GB/s "
+          f"-> decode bound {2 * matrix_params / roof['bandwidth_gbs'] / 1e9:.3f} s/token streaming bf16, "
+          f"{4 * matrix_params / roof['bandwidth_gbs'] / 1e9:.3f} s/token float32")
+    hf = results.get("hf-float32")
+    head = f"{'run':<14}{'prefill s':>10}{'x hf-f32':>9}{'of roof':>8}{'decode s/tok':>13}{'x hf-f32':>9}{'x bound':>8}{'RSS GiB':>9}{'RssAnon GiB':>12}"
+    print(head)
+    for kind, r in results.items():
+        bound = (2 if kind == "numpy-stream" else 4 if kind in ("numpy-cached", "hf-float32") else 2) * matrix_params / roof["bandwidth_gbs"] / 1e9
+        ratio_p = f"{r['prefill_seconds'] / hf['prefill_seconds']:.2f}" if hf else "-"
+        ratio_d = f"{r['decode_seconds_per_token'] / hf['decode_seconds_per_token']:.2f}" if hf else "-"
+        print(f"{kind:<14}{r['prefill_seconds']:>10.2f}{ratio_p:>9}{prefill_gflop / roof['gemm_gflops'] / r['prefill_seconds']:>8.2f}"
+              f"{r['decode_seconds_per_token']:>13.3f}{ratio_d:>9}{r['decode_seconds_per_token'] / bound:>8.2f}"
+              f"{r['peak_rss_gib']:>9.2f}{r['peak_rss_anon_gib']:>12.2f}")
+    for kind, r in results.items():
+        extra = {k: round(v, 2) for k, v in r.items() if k in ("first_prefill_seconds", "load_seconds", "total_seconds")}
+        print(f"  {kind}: " + ", ".join(f"{k} {v}" for k, v in extra.items()))
+
+
+if __name__ == "__main__":
+    main()

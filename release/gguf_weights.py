@@ -1,0 +1,413 @@
+"""A GGUF file (llama.cpp's format) as a weights source for the reference forward pass.
+
+:class:`GGUFWeights` duck-types :class:`gemma_ref.weights.Weights` -- ``cfg``,
+``layer(i)``, ``embedding_rows(ids)``, ``embedding_blocks(n)``, ``final_norm()``,
+``close()`` -- so ``gemma_ref.model.forward`` runs a quantized variant unchanged.
+The file is read with the ``gguf`` package (llama.cpp's own reader) and every tensor
+is dequantized with ``gguf.quants.dequantize``, one layer at a time (the embedding in
+blocks of rows), so a 27B GGUF never sits in memory in float32 as a whole.
+
+How llama.cpp's converter (``convert_hf_to_gguf.py``: ``GemmaModel``, ``Gemma2Model``,
+``Gemma3Model``) stores a Gemma, and how this module undoes it:
+
+=============================  =========================================================
+tensor names                   ``token_embd``, ``blk.N.attn_q``, ... from gguf's own
+                               ``TensorNameMap`` (per architecture: Gemma 1's
+                               ``post_attention_layernorm`` is ``ffn_norm``, Gemma 2/3's
+                               is ``post_attention_norm``); we ask the same map
+RMSNorm weights                stored as ``1 + w`` (every ``*norm.weight``, Gemma 3's
+                               q/k norms too): we subtract 1, the model adds it back
+q / k projections              not permuted (Gemma's RoPE is NEOX style = HF's halves)
+shapes                         GGML order is reversed: ``ne = [in, out]`` for an HF
+                               ``[out, in]`` matrix; numpy views are back in HF order
+output head                    none: tied to ``token_embd``; an ``output.weight`` that is
+                               present anyway is what llama.cpp would use, and so do we
+embedding rows                 Gemma 3: trimmed to the tokenizer (262144 of 262208 rows)
+config                         not enough in the metadata (no ``query_pre_attn_scalar``):
+                               the config comes from the original model directory, and the
+                               metadata is cross-checked against it (``metadata_findings``)
+=============================  =========================================================
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import gguf
+import numpy as np
+
+from gemma_ref.config import FULL, SLIDING, GemmaConfig
+from gemma_ref.weights import expected_shapes
+from release.errors import InputError
+from release.findings import Finding, Rule, register_rules
+
+register_rules(
+    Rule("GGUF001", "error", "GGUF metadata contradicts the original config (llama.cpp would run a different model)"),
+    Rule("GGUF002", "warning", "a GGUF metadata key is missing and llama.cpp has no default that is known to fit"),
+    Rule("GGUF003", "warning", "llama.cpp runs this architecture with a built-in assumption the original does not share "
+                               "(no GGUF key can say otherwise)"),
+    Rule("GGUF004", "warning", "the GGUF's tensors are laid out differently from the original (dropped vocabulary rows, "
+                               "an untied output head, extra tensors)"),
+    Rule("GGUF005", "error", "norm weights differ from the original's (e.g. stored without the +1 llama.cpp's Gemma "
+                             "converters add)"),
+)
+
+#: Gemma generation -> llama.cpp architecture (the converter class's model_arch).
+ARCH_OF_GENERATION = {1: gguf.MODEL_ARCH.GEMMA, 2: gguf.MODEL_ARCH.GEMMA2, 3: gguf.MODEL_ARCH.GEMMA3}
+#: generation -> the layer count at which llama.cpp takes a model for a 27B and scales attention by
+#: (n_embd / n_head) ** -0.5 instead of head_dim ** -0.5 (llama-model.cpp, Gemma 2 and 3 hparams)
+_LLAMA_CPP_27B_LAYERS = {2: 46, 3: 62}
+#: llama.cpp's built-in local/global layer pattern (hparams.set_swa_pattern) and Gemma 3's local RoPE base.
+_LLAMA_CPP_SWA_PATTERN = {2: 2, 3: 6}
+_LLAMA_CPP_GEMMA3_LOCAL_BASE = 10_000.0
+_READ_ERRORS = (ValueError, KeyError, IndexError, TypeError, OverflowError, OSError, UnicodeDecodeError)
+
+
+def arch_name(generation: int) -> str:
+    """``general.architecture`` llama.cpp writes for a Gemma generation ("gemma", "gemma2", "gemma3")."""
+    return gguf.MODEL_ARCH_NAMES[ARCH_OF_GENERATION[generation]]
+
+
+def is_norm(rel: str) -> bool:
+    """True for the RMSNorm weights llama.cpp stores with +1 (its converter tests the same suffix)."""
+    return rel.endswith("norm.weight")
+
+
+def gguf_tensor_names(cfg: GemmaConfig) -> dict[str, str]:
+    """HF tensor name (without prefix, as in ``expected_shapes``) -> GGUF name, from gguf's own name map."""
+    tmap = gguf.get_tensor_name_map(ARCH_OF_GENERATION[cfg.generation], cfg.num_hidden_layers)
+    names = {}
+    for rel in expected_shapes(cfg):
+        name = tmap.get_name("model." + rel, try_suffixes=(".weight",))
+        if name is None:  # the gguf package lost a Gemma tensor: not the user's input at fault
+            raise RuntimeError(f"gguf's tensor map has no name for {rel!r} ({arch_name(cfg.generation)})")
+        names[rel] = name
+    return names
+
+
+def open_gguf(path: str | os.PathLike) -> gguf.GGUFReader:
+    """Open a GGUF file with llama.cpp's reader; InputError (naming the file) when it is not one."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("GGUF file not found", p)
+    try:
+        return gguf.GGUFReader(p)
+    except _READ_ERRORS as e:
+        raise InputError(f"not a readable GGUF file ({type(e).__name__}: {e})", p,
+                         hint="the file may be truncated, corrupt, split into parts, or not GGUF at all") from None
+
+
+def numpy_shape(t: gguf.ReaderTensor) -> tuple[int, ...]:
+    """A tensor's shape in numpy / HF order: GGML lists dimensions fastest-first, so reverse them."""
+    return tuple(int(n) for n in reversed(t.shape.tolist()))
+
+
+def dequantize(t: gguf.ReaderTensor, rows: slice | np.ndarray | None = None) -> np.ndarray:
+    """A tensor (or some of its rows) in float32, numpy shape, through ``gguf.quants.dequantize``."""
+    data = t.data if rows is None else t.data[rows]  # quantized data is [rows, bytes per row]: rows slice cleanly
+    return np.asarray(gguf.quants.dequantize(data, t.tensor_type), dtype=np.float32)
+
+
+def metadata(reader: gguf.GGUFReader, key: str, path: Path) -> Any:
+    """One metadata value (a list for arrays), or None when the key is absent."""
+    field = reader.get_field(key)
+    if field is None:
+        return None
+    try:
+        return field.contents()
+    except _READ_ERRORS as e:
+        raise InputError(f"metadata key {key!r} cannot be decoded ({e})", path) from None
+
+
+def quant_label(reader: gguf.GGUFReader, type_counts: dict[str, int], path: Path) -> str:
+    """The file's quant type as people write it (Q4_K_M, Q8_0, F16): general.file_type, else the dominant type."""
+    ft = metadata(reader, gguf.Keys.General.FILE_TYPE, path)
+    if isinstance(ft, int):
+        try:
+            name = gguf.LlamaFileType(ft).name
+        except ValueError:
+            name = ""
+        if name.startswith(("MOSTLY_", "ALL_")):
+            return name.split("_", 1)[1]
+    return max(type_counts, key=type_counts.get) if type_counts else "unknown"
+
+
+# --- metadata against the config -------------------------------------------------------------------
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, with floats compared at float32 precision (GGUF stores them as float32)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-6, abs_tol=0)
+    return a == b
+
+
+def _per_layer(value: Any, n_layers: int) -> Any:
+    """Per-layer arrays (llama.cpp allows them for head counts and ffn length) collapse to one value when uniform."""
+    if isinstance(value, list) and len(value) == n_layers and len(set(value)) == 1:
+        return value[0]
+    return value
+
+
+def metadata_findings(reader: gguf.GGUFReader, cfg: GemmaConfig, path: Path) -> list[Finding]:
+    """Every place the GGUF metadata disagrees with the original's config (all of them, not the first)."""
+    where = str(path)
+    out: list[Finding] = []
+    arch = metadata(reader, gguf.Keys.General.ARCHITECTURE, path)
+    want_arch = arch_name(cfg.generation)
+    if arch != want_arch:
+        out.append(Finding("GGUF001", "error", f"general.architecture is {arch!r}; the original is Gemma {cfg.generation}, "
+                                               f"which llama.cpp runs as {want_arch!r}", path=where))
+    a = arch if isinstance(arch, str) and arch.startswith("gemma") else want_arch  # keys live under the file's arch
+
+    def check(key: str, want: Any, what: str, default: Any = None, known_default: bool = False) -> None:
+        full = key.format(arch=a)
+        have = _per_layer(metadata(reader, full, path), cfg.num_hidden_layers)
+        if have is None:
+            if want is None:
+                return
+            if known_default:
+                if not _same(default, want):
+                    out.append(Finding("GGUF001", "error", f"{full} is missing: llama.cpp would use its default {default!r}, "
+                                                           f"the original's {what} is {want!r}", path=where))
+                return
+            out.append(Finding("GGUF002", "warning", f"{full} is missing (the original's {what} is {want!r})", path=where))
+        elif want is None:
+            out.append(Finding("GGUF001", "error", f"{full} is {have!r} but the original has no {what}", path=where))
+        elif not _same(have, want):
+            out.append(Finding("GGUF001", "error", f"{full} is {have!r}, the original's {what} is {want!r}", path=where))
+
+    K, A, R = gguf.Keys.LLM, gguf.Keys.Attention, gguf.Keys.Rope
+    check(K.BLOCK_COUNT, cfg.num_hidden_layers, "num_hidden_layers")
+    check(K.EMBEDDING_LENGTH, cfg.hidden_size, "hidden_size")
+    check(K.FEED_FORWARD_LENGTH, cfg.intermediate_size, "intermediate_size")
+    check(A.HEAD_COUNT, cfg.num_attention_heads, "num_attention_heads")
+    check(A.HEAD_COUNT_KV, cfg.num_key_value_heads, "num_key_value_heads", cfg.num_attention_heads, known_default=True)
+    # Without key_length llama.cpp takes n_embd / n_head: 192 for gemma-7b, whose heads are 256 wide.
+    check(A.KEY_LENGTH, cfg.head_dim, "head_dim", cfg.hidden_size // cfg.num_attention_heads, known_default=True)
+    check(A.VALUE_LENGTH, cfg.head_dim, "head_dim", cfg.hidden_size // cfg.num_attention_heads, known_default=True)
+    check(A.LAYERNORM_RMS_EPS, cfg.rms_norm_eps, "rms_norm_eps")
+    check(K.CONTEXT_LENGTH, cfg.max_position_embeddings, "max_position_embeddings")
+    check(R.FREQ_BASE, cfg.rope_global.theta, "rope_theta", 10_000.0, known_default=True)
+    out += _rope_scaling(reader, cfg, a, path)
+    if cfg.generation >= 2:
+        check(K.ATTN_LOGIT_SOFTCAPPING, cfg.attn_logit_softcapping, "attn_logit_softcapping")
+        check(K.FINAL_LOGIT_SOFTCAPPING, cfg.final_logit_softcapping, "final_logit_softcapping")
+        if cfg.generation == 2:  # llama.cpp's Gemma 2 default window is 4096
+            check(A.SLIDING_WINDOW, cfg.sliding_window, "sliding_window", 4096, known_default=True)
+        elif cfg.sliding_window is not None and metadata(reader, A.SLIDING_WINDOW.format(arch=a), path) is None:
+            out.append(Finding("GGUF001", "error", f"{A.SLIDING_WINDOW.format(arch=a)} is missing: llama.cpp refuses to "
+                                                   f"load a Gemma 3 without it (the original's is {cfg.sliding_window})",
+                                                   path=where))
+        else:
+            check(A.SLIDING_WINDOW, cfg.sliding_window, "sliding_window")
+    out += _llama_cpp_assumptions(reader, cfg, a, path)
+    return out
+
+
+def _layer_kinds(pattern: Any, n_layers: int) -> tuple[str, ...] | None:
+    """Layer types from a sliding-window pattern: every n-th layer global, or a per-layer list (True = sliding)."""
+    if isinstance(pattern, list) and len(pattern) == n_layers:
+        return tuple(SLIDING if bool(x) else FULL for x in pattern)
+    if isinstance(pattern, int) and not isinstance(pattern, bool) and pattern > 0:
+        return tuple(SLIDING if (i + 1) % pattern else FULL for i in range(n_layers))
+    return None
+
+
+def _rope_scaling(reader: gguf.GGUFReader, cfg: GemmaConfig, a: str, path: Path) -> list[Finding]:
+    """Linear RoPE scaling of the global layers: rope.scaling.type / .factor against the config."""
+    R = gguf.Keys.Rope
+    kind = metadata(reader, R.SCALING_TYPE.format(arch=a), path)
+    factor = metadata(reader, R.SCALING_FACTOR.format(arch=a), path)
+    want = cfg.rope_global.linear_factor
+    if kind not in (None, "none", "linear"):
+        return [Finding("GGUF001", "error", f"{R.SCALING_TYPE.format(arch=a)} is {kind!r}; the original uses "
+                                            + (f"linear scaling by {want:g}" if want != 1.0 else "none"), path=str(path))]
+    have = float(factor) if kind == "linear" and isinstance(factor, (int, float)) else 1.0
+    if not _same(have, want):
+        return [Finding("GGUF001", "error", f"RoPE scaling: the GGUF gives {kind or 'none'} with factor {have:g} "
+                                            f"({R.SCALING_FACTOR.format(arch=a)}), the original linear {want:g}",
+                        path=str(path))]
+    return []
+
+
+def _llama_cpp_assumptions(reader: gguf.GGUFReader, cfg: GemmaConfig, a: str, path: Path) -> list[Finding]:
+    """What llama.cpp hard-codes for Gemma 2/3 (llama-model.cpp) and this original does otherwise (GGUF003)."""
+    if cfg.generation < 2:
+        return []
+    where, out = str(path), []
+    n_embd_head = cfg.hidden_size // cfg.num_attention_heads
+    big = cfg.num_hidden_layers == _LLAMA_CPP_27B_LAYERS[cfg.generation]
+    implied = float(n_embd_head if big else cfg.head_dim)  # llama.cpp's attention scale is implied ** -0.5
+    if not _same(implied, cfg.query_pre_attn_scalar):
+        out.append(Finding("GGUF003", "warning",
+                           f"llama.cpp scales attention by {implied:g} ** -0.5 (inferred from the layer count; no GGUF "
+                           f"key sets it), the original's query_pre_attn_scalar is {cfg.query_pre_attn_scalar:g}", path=where))
+    key = gguf.Keys.Attention.SLIDING_WINDOW_PATTERN.format(arch=a)
+    pattern = metadata(reader, key, path)
+    kinds = ", ".join("L" if t == SLIDING else "G" for t in cfg.layer_types)  # L local (sliding), G global
+    if pattern is None:
+        p = _LLAMA_CPP_SWA_PATTERN[cfg.generation]
+        if _layer_kinds(p, cfg.num_hidden_layers) != cfg.layer_types:
+            out.append(Finding("GGUF003", "warning", f"llama.cpp assumes every {p}th layer is global (the rest sliding); "
+                                                     f"the original's layers differ ({kinds})", path=where))
+    elif _layer_kinds(pattern, cfg.num_hidden_layers) != cfg.layer_types:
+        out.append(Finding("GGUF001", "error", f"{key} is {pattern!r}; the original's layers are {kinds}", path=where))
+    if cfg.generation == 3:
+        local = metadata(reader, gguf.Keys.Rope.FREQ_BASE_SWA.format(arch=a), path)
+        base = _LLAMA_CPP_GEMMA3_LOCAL_BASE if local is None else local
+        if not _same(float(base), cfg.rope_local.theta) and any(t == SLIDING for t in cfg.layer_types):
+            key = "rope.freq_base_swa" if local is not None else "its built-in 10000"
+            out.append(Finding("GGUF001" if local is not None else "GGUF003", "error" if local is not None else "warning",
+                               f"local layers' RoPE base: llama.cpp uses {base:g} ({key}), the original "
+                               f"{cfg.rope_local.theta:g}", path=where))
+    return out
+
+
+# --- the weights source ------------------------------------------------------------------------------
+
+
+class GGUFWeights:
+    """Lazy float32 access to a GGUF's Gemma tensors, under the reference's (HF) names.
+
+    ``norm_plus_one=False`` reads norm weights as stored (only for files known to lack the +1).
+    """
+
+    def __init__(self, path: str | os.PathLike, cfg: GemmaConfig, norm_plus_one: bool = True):
+        self.path = Path(path)
+        self.cfg = cfg
+        self.norm_plus_one = norm_plus_one
+        self.reader: gguf.GGUFReader | None = open_gguf(self.path)
+        self.tensors = {t.name: t for t in self.reader.tensors}
+        self.names = gguf_tensor_names(cfg)
+        self.findings: list[Finding] = metadata_findings(self.reader, cfg, self.path)
+        self.vocab_rows, self.head = self._check_tensors()
+
+    # --- structure ---------------------------------------------------------------------------------
+
+    def _check_tensors(self) -> tuple[int, str]:
+        """Every tensor present, in a decodable type, with the config's shape; else one InputError listing all."""
+        problems: list[str] = []
+        for rel, want in expected_shapes(self.cfg).items():
+            name = self.names[rel]
+            t = self.tensors.get(name)
+            if t is None:
+                problems.append(f"tensor {name!r} ({rel}) is missing")
+                continue
+            have = numpy_shape(t)
+            rows_ok = rel == "embed_tokens.weight" and len(have) == 2 and have[1] == want[1] and have[0] <= want[0]
+            if have != want and not rows_ok:
+                problems.append(f"tensor {name!r} ({rel}) has shape {list(have)} (GGML order {list(reversed(have))}), "
+                                f"the config implies {list(want)}")
+            elif (why := _undecodable(t)) is not None:
+                problems.append(f"tensor {name!r} is {t.tensor_type.name}: {why}")
+        head = "token_embd.weight"
+        out = self.tensors.get("output.weight")
+        if out is not None:  # llama.cpp uses a stored output head instead of the tied embedding; measure what it runs
+            if numpy_shape(out)[1:] != (self.cfg.hidden_size,) or (why := _undecodable(out)) is not None:
+                problems.append(f"tensor 'output.weight' has shape {list(numpy_shape(out))} or an undecodable type")
+            else:
+                head = "output.weight"
+                self.findings.append(Finding("GGUF004", "warning", "output.weight is present: llama.cpp uses it as the "
+                                             "output head instead of the tied embedding (the comparison does too)",
+                                             path=str(self.path)))
+        if problems:
+            arch = metadata(self.reader, gguf.Keys.General.ARCHITECTURE, self.path)
+            hint = None
+            if arch != arch_name(self.cfg.generation):
+                hint = f"the file's architecture is {arch!r}, the original is Gemma {self.cfg.generation}: is --against right?"
+            shown = "; ".join(problems[:8]) + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else "")
+            raise InputError(f"GGUF does not fit the original's config.json: {shown}", self.path, hint=hint)
+        rows = min(numpy_shape(self.tensors["token_embd.weight"])[0], numpy_shape(self.tensors[head])[0])
+        if rows < self.cfg.vocab_size:
+            self.findings.append(Finding("GGUF004", "warning" if self.cfg.generation < 3 else "info",
+                                         f"the GGUF holds {rows} of the original's {self.cfg.vocab_size} vocabulary rows "
+                                         "(llama.cpp's Gemma 3 converter drops the padding past the tokenizer); logits are "
+                                         f"compared over ids 0..{rows - 1}", path=str(self.path)))
+        unused = sorted(set(self.tensors) - set(self.names.values()) - {head})
+        if unused:
+            self.findings.append(Finding("GGUF004", "info", f"{len(unused)} GGUF tensors not used by the text model "
+                                         f"({', '.join(unused[:5])}{' …' if len(unused) > 5 else ''})", path=str(self.path)))
+        return rows, head
+
+    # --- what the forward pass asks for ------------------------------------------------------------
+
+    def tensor(self, rel: str) -> np.ndarray:
+        """One tensor (HF name without prefix) in float32 and HF shape, norms without llama.cpp's +1."""
+        w = dequantize(self.tensors[self.names[rel]])
+        if is_norm(rel) and self.norm_plus_one:
+            w = w - np.float32(1.0)  # llama.cpp stores 1 + w; the reference's rms_norm adds the 1 itself
+        return w
+
+    def layer(self, i: int) -> dict[str, np.ndarray]:
+        """All tensors of layer i in float32, keyed by their HF name inside the layer (dequantized now)."""
+        p = f"layers.{i}."
+        return {rel[len(p):]: self.tensor(rel) for rel in self.names if rel.startswith(p)}
+
+    def embedding_rows(self, ids: np.ndarray) -> np.ndarray:
+        """E[ids] in float32, unscaled (the model scales).  [T] -> [T, hidden]"""
+        ids = np.asarray(ids)
+        if ids.size and int(ids.max()) >= self.vocab_rows:
+            raise InputError(f"token id {int(ids.max())} has no row in the GGUF's embedding ({self.vocab_rows} rows)",
+                             self.path)
+        return dequantize(self.tensors["token_embd.weight"], ids)
+
+    def embedding_blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """The output head in blocks of rows, float32: yields (first row, [n, hidden]).
+
+        Rows the GGUF does not hold (Gemma 3's dropped padding) come back as zeros, so their logits
+        are defined; the comparison leaves them out.
+        """
+        head = self.tensors[self.head]
+        for start in range(0, self.cfg.vocab_size, block_rows):
+            stop = min(start + block_rows, self.cfg.vocab_size)
+            block = np.zeros((stop - start, self.cfg.hidden_size), dtype=np.float32)
+            have = min(stop, self.vocab_rows)
+            if have > start:
+                block[: have - start] = dequantize(head, slice(start, have))
+            yield start, block
+
+    def final_norm(self) -> np.ndarray:
+        return self.tensor("norm.weight")
+
+    def close(self) -> None:
+        self.tensors = {}
+        self.reader = None  # the memory map closes when the last view of it is gone
+
+    # --- reporting ---------------------------------------------------------------------------------
+
+    def type_counts(self) -> dict[str, int]:
+        """GGML type -> number of the text model's tensors stored in it."""
+        return dict(Counter(self.tensors[n].tensor_type.name for n in self.names.values()))
+
+    def describe(self) -> dict[str, Any]:
+        """File, size, quant label and tensor types, for reports and the variants table."""
+        counts = self.type_counts()
+        elements: Counter[str] = Counter()
+        for n in self.names.values():
+            elements[self.tensors[n].tensor_type.name] += int(self.tensors[n].n_elements)
+        return {
+            "file": self.path.name,
+            "path": str(self.path),
+            "bytes": self.path.stat().st_size,
+            "architecture": metadata(self.reader, gguf.Keys.General.ARCHITECTURE, self.path) if self.reader else None,
+            "quant": quant_label(self.reader, dict(elements), self.path) if self.reader else None,
+            "tensor_types": counts,
+            "vocab_rows": self.vocab_rows,
+            "output_head": self.head,
+        }
+
+
+def _undecodable(t: gguf.ReaderTensor) -> str | None:
+    """Why gguf.quants cannot dequantize this tensor's type, or None (probes the first row)."""
+    try:
+        dequantize(t, slice(0, 1) if t.data.ndim > 1 else None)
+    except NotImplementedError:
+        return "the gguf package cannot dequantize this type"
+    except _READ_ERRORS as e:
+        return f"cannot be decoded ({e})"
+    return None
