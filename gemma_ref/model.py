@@ -231,7 +231,7 @@ def embed(weights: Weights, ids: np.ndarray, cfg: GemmaConfig) -> np.ndarray:
     return weights.embedding_rows(ids) * f32(cfg.embed_scale)
 
 
-def unembed(h: np.ndarray, weights: Weights, cfg: GemmaConfig, block_rows: int = 16384) -> np.ndarray:
+def unembed(h: np.ndarray, weights: Weights, cfg: GemmaConfig, block_rows: int = 4096) -> np.ndarray:
     """Logits against the tied (unscaled) embedding, read in blocks of rows.  [T, D] -> [T, V]"""
     logits = np.empty((h.shape[0], cfg.vocab_size), dtype=f32)  # [T, V]
     for start, E in weights.embedding_blocks(block_rows):  # E: [n, D], never all V rows in float32 at once
