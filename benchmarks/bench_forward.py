@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_verify import PeakSampler, _status_kb, write_checkpoint  # noqa: E402
+from bench_verify import PeakSampler, _status_kb, run_script_child, write_checkpoint  # noqa: E402
 
 RUNS = ("numpy-stream", "numpy-cached", "hf-float32", "hf-bfloat16")
 
@@ -121,13 +120,7 @@ def run_hf(kind: str, model: Path, ids: list[int], n_decode: int) -> dict:
 
 
 def run_child(kind: str, model: Path, ids: list[int], n_decode: int) -> dict | None:
-    cmd = [sys.executable, __file__, "--child", kind, "--dir", str(model), "--decode", str(n_decode),
-           "--ids", ",".join(map(str, ids))]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        print(f"{kind} failed (exit {p.returncode}):\n{p.stderr[-2000:]}", file=sys.stderr)
-        return None
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return run_script_child(__file__, kind, model, ids, "--decode", str(n_decode))
 
 
 def fits(kind: str, params: int) -> bool:

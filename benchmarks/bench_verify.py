@@ -128,14 +128,18 @@ def child(kind: str, model: Path, ids: list[int], golden: Path) -> dict:
             "peak_rss_anon_gib": s.peak_anon_kb / 2**20, **extra}
 
 
-def run_child(kind: str, model: Path, ids: list[int], golden: Path) -> dict | None:
-    cmd = [sys.executable, __file__, "--child", kind, "--dir", str(model), "--golden", str(golden),
-           "--ids", ",".join(map(str, ids))]
+def run_script_child(script: str, kind: str, model: Path, ids: list[int], *extra: str) -> dict | None:
+    """Run `script --child KIND` in a fresh process (so its memory is its own); its last stdout line is JSON."""
+    cmd = [sys.executable, script, "--child", kind, "--dir", str(model), "--ids", ",".join(map(str, ids)), *extra]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
-        print(f"{kind} failed:\n{p.stderr[-2000:]}", file=sys.stderr)
+        print(f"{kind} failed (exit {p.returncode}):\n{p.stderr[-2000:]}", file=sys.stderr)
         return None
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def run_child(kind: str, model: Path, ids: list[int], golden: Path) -> dict | None:
+    return run_script_child(__file__, kind, model, ids, "--golden", str(golden))
 
 
 def main() -> None:
