@@ -28,6 +28,7 @@ from jsonschema.exceptions import ValidationError, best_match, relevance
 
 from release import terms
 from release.errors import InputError
+from release.files import atomic_write
 from release.findings import Finding, Rule, register_rules
 from release.frontmatter import Fences, FrontMatter, find_metadata_blocks, load_front_matter, locate
 from release.resources import load_schema
@@ -624,7 +625,7 @@ def fix_card(path: Path | str) -> list[str]:
 
     if new_text != text:
         try:
-            terms.atomic_write(readme, new_text)
+            atomic_write(readme, new_text)
         except OSError as e:
             raise InputError(f"cannot write the card: {e}", readme) from None
     if release_dir is not None and lineage.under_terms:

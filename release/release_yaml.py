@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import jsonschema
 import yaml
 
 from release.errors import InputError
+from release.files import atomic_write
 from release.resources import load_schema
 
 FILENAME = "release.yaml"
@@ -219,14 +219,7 @@ def write(cfg: ReleaseConfig, path: Path | None = None, overwrite: bool = False)
         raise InputError("already exists; pass --force to overwrite it", path=path)
     text = dump(cfg)
     validate_data(yaml.safe_load(text), path)
-    fd, tmp = tempfile.mkstemp(prefix=".release-", suffix=".yaml.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text)
     return path
 
 

@@ -20,15 +20,14 @@ title and "Last modified" date and knows the published versions by date.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from gemma_ref.config import GENERATION_OF_MODEL_TYPE
 from release.errors import InputError
+from release.files import atomic_write
 from release.findings import Finding, Rule, register_rules
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -337,25 +336,6 @@ def _release_files(release_dir: Path, card: Card, has_copy_in_card: bool) -> lis
 
 
 # --- fixes ----------------------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same directory and os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        else:
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def write_notice(directory: Path | str) -> Path:

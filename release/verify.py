@@ -222,21 +222,11 @@ def overall_findings(prompts: list[PromptResult], tol: Tolerance, path: str) -> 
 def write_report_json(report: VerifyReport, path: str | Path) -> Path:
     """The JSON report in a file, written atomically (temp file + rename)."""
     import json
-    import os
-    import tempfile
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(report.to_dict(), fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from release.files import atomic_write
+
+    atomic_write(path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    return Path(path)
 
 
 # --- structure -----------------------------------------------------------------------------------
