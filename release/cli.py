@@ -118,13 +118,10 @@ def golden(
     revision: Annotated[Optional[str], typer.Option(help="Model revision to record.")] = None,
 ) -> None:
     """Compute golden logits for prompts and write them to a golden file."""
-    from release.golden import make_golden, parse_ids
+    from release.golden import make_golden
+    from release.prompts import select_prompts
 
-    specs = [parse_ids(s, i) for i, s in enumerate(ids or [])]
-    if not specs:
-        from release.prompts import prompt_specs  # text prompts need the tokenizer stack
-
-        specs = prompt_specs(prompts)
+    specs = select_prompts(ids, prompts)
     with _progress() as bar:
         step = _progress_callback(bar)
         g = make_golden(model, out_file, specs, backend, storage, topk, name, revision,
@@ -158,14 +155,15 @@ def verify(
     from release.verify import Tolerance, render_report, verify_model, write_report_json
 
     if model is not None and model.suffix.lower() == ".gguf":
-        from release.gguf_verify import prompt_specs_for, verify_gguf
+        from release.gguf_verify import verify_gguf
+        from release.prompts import select_prompts
 
         if against is None or golden_file is not None or repo is not None:
             raise typer.BadParameter("a .gguf variant is compared with its original: give --against MODEL_DIR (not --golden or --repo)")
         if atol is not None:
             raise typer.BadParameter("--atol does not apply to a .gguf (lossy variants are judged by --max-mean-kl, --min-top1, --max-kl)")
         with _progress() as bar:
-            report = verify_gguf(model, against, prompt_specs_for(ids, prompts), max_mean_kl, min_top1, max_kl,
+            report = verify_gguf(model, against, select_prompts(ids, prompts), max_mean_kl, min_top1, max_kl,
                                  _progress_callback(bar))
     else:
         if (model is None) == (repo is None):

@@ -69,18 +69,6 @@ def gguf_tolerance(label: str, max_mean_kl: float | None = None, min_top1: float
     return Tolerance(atol=None, max_kl=max_kl, max_mean_kl=max_mean_kl, min_overall_top1=min_top1)
 
 
-def prompt_specs_for(ids: list[str] | None, prompts_file: str | os.PathLike | None) -> list[PromptSpec]:
-    """The prompts as `golden` picks them: --ids, else a --prompts file, else the built-in set."""
-    from release.golden import parse_ids
-
-    specs = [parse_ids(s, i) for i, s in enumerate(ids or [])]
-    if specs:
-        return specs
-    from release.prompts import prompt_specs
-
-    return prompt_specs(prompts_file)
-
-
 def resolve_prompts(specs: list[PromptSpec], model_dir: Path) -> list[PromptSpec]:
     """Ids for every prompt: text and chat prompts need the original's tokenizer.model."""
     if all(p.ids is not None for p in specs):
@@ -175,7 +163,7 @@ def verify_gguf(
         res = compare_prompt(var[:, :rows], GoldenPrompt(spec.name, ids, logits=ref[:, :rows]), tol)
         report.prompts.append(res)
         report.findings += prompt_findings(res, tol, str(gguf_path))
-    report.findings += overall_findings(report.prompts, tol, str(gguf_path))
+    report.findings += overall_findings(report, str(gguf_path))
     return report
 
 

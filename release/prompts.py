@@ -62,6 +62,13 @@ def prompt_specs(path: str | os.PathLike | None) -> list[PromptSpec]:
     return default_prompts() if path is None else load_prompts(path)
 
 
+def select_prompts(ids: list[str] | None, path: str | os.PathLike | None) -> list[PromptSpec]:
+    """The prompts a command was given: ``--ids`` ("2,651,6037", repeatable), else a ``--prompts`` file, else the built-in set."""
+    from release.golden import parse_ids
+
+    return [parse_ids(s, i) for i, s in enumerate(ids)] if ids else prompt_specs(path)
+
+
 def load_prompts(path: str | os.PathLike) -> list[PromptSpec]:
     """Read a YAML or JSON prompts file; InputError (naming the place) when it is not valid."""
     p = Path(path)

@@ -202,13 +202,12 @@ def prompt_findings(res: PromptResult, tol: Tolerance, golden_path: str) -> list
     return out
 
 
-def overall_findings(prompts: list[PromptResult], tol: Tolerance, path: str) -> list[Finding]:
+def overall_findings(report: VerifyReport, path: str) -> list[Finding]:
     """LOGITS002 for the bounds over every position of every prompt (mean KL, top-1 agreement)."""
-    n = sum(p.n_tokens for p in prompts)
+    n, tol = report.n_positions, report.tolerance
     if not n:
         return []
-    mean_kl = sum(p.mean_kl * p.n_tokens for p in prompts) / n
-    top1 = sum(p.top1_agreement * p.n_tokens for p in prompts) / n
+    mean_kl, top1 = report.mean_kl, report.top1_agreement
     out = []
     if tol.max_mean_kl is not None and mean_kl > tol.max_mean_kl:
         out.append(Finding("LOGITS002", "error", f"mean KL {mean_kl:.3g} over {n} positions exceeds {tol.max_mean_kl:g}",
@@ -292,7 +291,7 @@ def verify_model(
                 "TOKENS001", "error",
                 f"prompt {gp.name!r}: the model's tokenizer encodes the recorded text to other ids than the golden's "
                 "(a tokenizer change, separate from the logits)", path=str(model_dir)))
-    report.findings += overall_findings(report.prompts, tol, str(golden.path))
+    report.findings += overall_findings(report, str(golden.path))
     return report
 
 
