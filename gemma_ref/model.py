@@ -141,14 +141,16 @@ class LayerCache:
         n = self.length + k.shape[1]
         if n > self.k.shape[1]:  # full: move to storage twice as large (or as large as needed)
             capacity = max(n, 2 * self.k.shape[1])
-            for name in ("k", "v"):
-                old = getattr(self, name)
-                new = np.empty((old.shape[0], capacity, old.shape[2]), dtype=f32)
-                new[:, :self.length] = old[:, :self.length]
-                setattr(self, name, new)
+            self.k, self.v = self._moved(self.k, capacity), self._moved(self.v, capacity)
         self.k[:, self.length:n], self.v[:, self.length:n] = k, v
         self.length = n
         return self.k[:, :n], self.v[:, :n]
+
+    def _moved(self, a: np.ndarray, capacity: int) -> np.ndarray:
+        """`a`'s stored tokens in new storage of `capacity` tokens.  [K, old, Hd] -> [K, capacity, Hd]"""
+        new = np.empty((a.shape[0], capacity, a.shape[2]), dtype=f32)
+        new[:, :self.length] = a[:, :self.length]
+        return new
 
 
 def new_cache(cfg: GemmaConfig, capacity: int = 64) -> list[LayerCache]:
@@ -185,7 +187,7 @@ def attention(
     k_positions = np.arange(positions[-1] + 1 - k.shape[1], positions[-1] + 1)  # [S]
     window = cfg.sliding_window if local else None
     if window is not None:  # keys older than the first query's window are never seen: skip them
-        first = int(np.searchsorted(k_positions, positions[0] - window + 1))
+        first = max(0, int(positions[0]) - window + 1 - int(k_positions[0]))  # index of the oldest key still seen
         k, v, k_positions = k[:, first:], v[:, first:], k_positions[first:]
 
     k, v = repeat_kv(k, H // K), repeat_kv(v, H // K)  # [K, S, Hd] -> [H, S, Hd]
