@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_verify import PeakSampler, _status_kb, run_script_child, write_checkpoint  # noqa: E402
+from bench_verify import PeakSampler, _status_kb, bench_prompt, ensure_checkpoint, run_script_child  # noqa: E402
 
 RUNS = ("numpy-stream", "numpy-cached", "hf-float32", "hf-bfloat16")
 
@@ -142,20 +142,18 @@ def main() -> None:
     ap.add_argument("--ids", default=None)
     ap.add_argument("--child", default=None)
     a = ap.parse_args()
-    model = a.dir or Path("/tmp/gemma-bench") / a.variant
     if a.child:
+        model = a.dir or Path("/tmp/gemma-bench") / a.variant
         print(json.dumps(child(a.child, model, [int(x) for x in a.ids.split(",")], a.decode)))
         return
-    if not (model / "config.json").is_file():
-        print(f"writing a random {a.variant} checkpoint to {model} ...", file=sys.stderr)
-        write_checkpoint(a.variant, model)
+    model = ensure_checkpoint(a.variant, a.dir)
     cfg = config_from_dict(variant_config_json(a.variant))
     files = sorted(model.glob("*.safetensors"))
     for f in files:  # warm the page cache so every run starts alike
         with open(f, "rb") as fh:
             while fh.read(64 << 20):
                 pass
-    ids = [2] + np.random.default_rng(1).integers(4, cfg.vocab_size, size=a.tokens - 1).tolist()
+    ids = bench_prompt(cfg.vocab_size, a.tokens)
     params = cfg.expected_parameters()
     matrix_params = params - cfg.num_hidden_layers * 6 * cfg.hidden_size  # norms are noise
     attn_flops = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * a.tokens ** 2 // 2

@@ -73,6 +73,20 @@ def write_checkpoint(variant: str, out: Path, shard_bytes: int = 2 << 30, seed: 
     (out / "config.json").write_text(json.dumps(raw, indent=2))
 
 
+def ensure_checkpoint(variant: str, directory: Path | None) -> Path:
+    """The benchmark checkpoint's directory (default /tmp/gemma-bench/VARIANT), written first if it is not there."""
+    model = directory or Path("/tmp/gemma-bench") / variant
+    if not (model / "config.json").is_file():
+        print(f"writing a random {variant} checkpoint to {model} ...", file=sys.stderr)
+        write_checkpoint(variant, model)
+    return model
+
+
+def bench_prompt(vocab_size: int, tokens: int) -> list[int]:
+    """The benchmark prompt: BOS, then random ids (the same every run)."""
+    return [2] + np.random.default_rng(1).integers(4, vocab_size, size=tokens - 1).tolist()
+
+
 class PeakSampler:
     """Peak RssAnon of this process, sampled in a thread."""
 
@@ -154,16 +168,13 @@ def main() -> None:
     ap.add_argument("--child", default=None)
     ap.add_argument("--skip-transformers", action="store_true")
     a = ap.parse_args()
-    model = a.dir or Path("/tmp/gemma-bench") / a.variant
     if a.child:
+        model = a.dir or Path("/tmp/gemma-bench") / a.variant
         print(json.dumps(child(a.child, model, [int(x) for x in a.ids.split(",")], a.golden)))
         return
-    if not (model / "config.json").is_file():
-        print(f"writing a random {a.variant} checkpoint to {model} ...", file=sys.stderr)
-        write_checkpoint(a.variant, model)
+    model = ensure_checkpoint(a.variant, a.dir)
     golden = a.golden or model.parent / f"{a.variant}.golden.safetensors"
-    vocab = KNOWN_VARIANTS[a.variant]["vocab_size"]
-    ids = [2] + np.random.default_rng(1).integers(4, vocab, size=a.tokens - 1).tolist()
+    ids = bench_prompt(KNOWN_VARIANTS[a.variant]["vocab_size"], a.tokens)
     results = [run_child("golden", model, ids, golden), run_child("verify", model, ids, golden)]
     if not a.skip_transformers:
         results.append(run_child("transformers", model, ids, golden))
