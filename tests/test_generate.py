@@ -200,13 +200,23 @@ def test_seed_reproduces_and_top_k_one_is_greedy():
 
 @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
 @pytest.mark.parametrize("tokens", [1, 3, 40])
-def test_matmul_stored_equals_converted_product(dtype, tokens, monkeypatch):
-    monkeypatch.setattr(W, "SMALL_CHUNK_BYTES", 7 * 4 * 24)  # chunks of 8 rows (the minimum), last one partial
-    monkeypatch.setattr(W, "LARGE_CHUNK_BYTES", 13 * 4 * 24)
+@pytest.mark.parametrize("n_in", [24, 4608, 4099])  # one piece; pieces of 1536 summed; no divisor in 256..2048
+def test_matmul_stored_equals_converted_product(dtype, tokens, n_in, monkeypatch):
+    monkeypatch.setattr(W, "DOT_CHUNK_BYTES", 7 * 4 * n_in)  # chunks of 8 rows (the minimum), last one partial
+    monkeypatch.setattr(W, "LARGE_CHUNK_BYTES", 13 * 4 * n_in)
     rng = np.random.default_rng(tokens)
-    w = rng.standard_normal((53, 24)).astype(dtype)
-    x = rng.standard_normal((tokens, 24)).astype(np.float32)
-    np.testing.assert_allclose(W.matmul_stored(x, w), x @ w.astype(np.float32).T, rtol=0, atol=1e-5)
+    w = rng.standard_normal((53, n_in)).astype(dtype)
+    x = rng.standard_normal((tokens, n_in)).astype(np.float32)
+    want = x.astype(np.float64) @ w.astype(np.float64).T
+    np.testing.assert_allclose(W.matmul_stored(x, w), want, rtol=0, atol=2e-6 * np.sqrt(n_in) * 4)
+
+
+def test_dot_pieces_divide_the_row():
+    assert W._dot_piece(2048) == 2048 and W._dot_piece(4096) == 4096  # short rows: one piece
+    for n_in in (16384, 24576, 9216, 14336, 36864, 21504, 15360, 6912, 4099):
+        p = W._dot_piece(n_in)
+        assert n_in % p == 0 and (p <= 2048 or p == n_in)
+    assert W._dot_piece(16384) == 2048 and W._dot_piece(4099) == 4099
 
 
 @pytest.mark.parametrize("case", ["gemma1_mqa_bf16", "gemma3_1b_style"])
