@@ -11,17 +11,19 @@ Each run is a fresh process, so its memory is its own:
 * ``numpy-cached``: ``cache_weights=True``, float32 copies kept after first use;
 * ``hf-float32`` / ``hf-bfloat16``: transformers, eager attention, ``use_cache``.
 
-Every run: prefill of the prompt with logits for ALL positions, twice, then
-greedy decoding of --decode tokens one at a time through the KV cache (median
-seconds per token). The table shows the second prefill; the first, which pays
-one-time costs (transformers' lazy set-up; mapping the file's pages; for the
-cache, converting every weight into fresh memory), is listed below it. Also
-measured in the same run, before and after the runs (median), as the roofs:
+Every process: one prefill of the prompt with logits for ALL positions, which
+pays one-time costs (transformers' set-up; mapping the file's pages; for the
+cache, converting every weight into fresh memory) and is listed apart; three
+more prefills (median); then greedy decoding of --decode tokens one at a time
+through the KV cache (median seconds per token). Each run is repeated
+(--repeat, default 3) round-robin, so a slow spell of a shared machine hits
+every run alike, and the medians over the processes are reported with their
+ranges. Also measured, before and after the runs (median of 14), as the roofs:
 float32 GEMM GFLOP/s (NumPy, the prefill's shape) and memory bandwidth (a
-float32 matrix-vector product over 1 GiB). The prefill roof is its FLOPs at that rate; the decode
-bound is the bytes of weights one token must read (bf16 when streaming,
-float32 when cached) at that bandwidth. Runs that cannot fit in RAM are skipped
-and say so.
+float32 matrix-vector product over 1 GiB). The prefill roof is its FLOPs at
+that rate; the decode bound is the bytes of weights one token must read (bf16
+when streaming, float32 when cached) at that bandwidth. Runs that cannot fit
+in RAM are skipped and say so.
 """
 
 from __future__ import annotations
@@ -74,29 +76,49 @@ def child(kind: str, model: Path, ids: list[int], n_decode: int) -> dict:
     return {"kind": kind, **out, "peak_rss_gib": _status_kb("VmHWM") / 2**20, "peak_rss_anon_gib": s.peak_anon_kb / 2**20}
 
 
+WARM_PREFILLS = 3  # timed prefills after the first, per process: their median is reported
+
+
+def measure(prefill, step, n_decode: int) -> dict:
+    """Time a first prefill, WARM_PREFILLS more (median), then n_decode greedy steps (median per token).
+
+    prefill() -> (next token, KV state) and step(token, state) -> (next token, state): one shape for
+    the NumPy forward and transformers, so both are timed by the same code.
+    """
+    t0 = time.perf_counter()
+    prefill()  # pays one-time costs (mapping the file's pages; the cache's conversion; torch's set-up)
+    out = {"first_prefill_seconds": time.perf_counter() - t0}
+    warm = []
+    for _ in range(WARM_PREFILLS):
+        t0 = time.perf_counter()
+        token, state = prefill()
+        warm.append(time.perf_counter() - t0)
+    per_token = []
+    for _ in range(n_decode):
+        t0 = time.perf_counter()
+        token, state = step(token, state)
+        per_token.append(time.perf_counter() - t0)
+    out["prefill_seconds"] = float(np.median(warm))
+    out["decode_seconds_per_token"] = float(np.median(per_token))
+    return out
+
+
 def run_numpy(kind: str, model: Path, ids: list[int], n_decode: int) -> dict:
     from gemma_ref.model import forward, load_model, new_cache
 
     m = load_model(model, cache_weights=kind == "numpy-cached")
     cfg, prompt = m.config, np.asarray(ids)
-    out = {}
-    # The first forward pays one-time costs (mapping the file's pages; with the cache, converting
-    # every weight into fresh memory): reported apart, as transformers' first forward is.
-    t0 = time.perf_counter()
-    forward(m.weights, cfg, [prompt])
-    out["first_prefill_seconds"] = time.perf_counter() - t0
-    cache = new_cache(cfg, capacity=len(ids) + n_decode)
-    t0 = time.perf_counter()
-    logits = forward(m.weights, cfg, [prompt], caches=[cache])[0]  # all positions' logits
-    out["prefill_seconds"] = time.perf_counter() - t0
-    token, per_token = int(np.argmax(logits[-1])), []
-    for _ in range(n_decode):
-        t0 = time.perf_counter()
+
+    def prefill():
+        cache = new_cache(cfg, capacity=len(ids) + n_decode)
+        logits = forward(m.weights, cfg, [prompt], caches=[cache])[0]  # all positions' logits
+        return int(np.argmax(logits[-1])), cache
+
+    def step(token, cache):
         row = forward(m.weights, cfg, [np.array([token])], caches=[cache], last_only=True)[0][-1]
-        per_token.append(time.perf_counter() - t0)
-        token = int(np.argmax(row))
-    out["decode_seconds_per_token"] = float(np.median(per_token))
-    return out
+        return int(np.argmax(row)), cache
+
+    return measure(prefill, step, n_decode)
 
 
 def run_hf(kind: str, model: Path, ids: list[int], n_decode: int) -> dict:
@@ -106,27 +128,35 @@ def run_hf(kind: str, model: Path, ids: list[int], n_decode: int) -> dict:
     dtype = torch.float32 if kind == "hf-float32" else torch.bfloat16
     t0 = time.perf_counter()
     m = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype, attn_implementation="eager").eval()
-    out = {"load_seconds": time.perf_counter() - t0}
-    with torch.inference_mode():
-        x = torch.tensor([ids])
-        t0 = time.perf_counter()
-        m(input_ids=x, use_cache=True)
-        out["first_prefill_seconds"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
+    load_seconds = time.perf_counter() - t0
+    x = torch.tensor([ids])
+
+    def prefill():
         r = m(input_ids=x, use_cache=True)  # logits for all positions
-        out["prefill_seconds"] = time.perf_counter() - t0
-        past, token, per_token = r.past_key_values, r.logits[0, -1].argmax().view(1, 1), []
-        for _ in range(n_decode):
-            t0 = time.perf_counter()
-            r = m(input_ids=token, past_key_values=past, use_cache=True)
-            per_token.append(time.perf_counter() - t0)
-            past, token = r.past_key_values, r.logits[0, -1].argmax().view(1, 1)
-    out["decode_seconds_per_token"] = float(np.median(per_token))
-    return out
+        return r.logits[0, -1].argmax().view(1, 1), r.past_key_values
+
+    def step(token, past):
+        r = m(input_ids=token, past_key_values=past, use_cache=True)
+        return r.logits[0, -1].argmax().view(1, 1), r.past_key_values
+
+    with torch.inference_mode():
+        return {"load_seconds": load_seconds, **measure(prefill, step, n_decode)}
 
 
 def run_child(kind: str, model: Path, ids: list[int], n_decode: int) -> dict | None:
     return run_script_child(__file__, kind, model, ids, "--decode", str(n_decode))
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Median of each timing over the repeated processes (with its range), the highest peak memory."""
+    out = {"n": len(runs)}
+    for key in runs[0]:
+        values = [r[key] for r in runs]
+        if key.startswith("peak_"):
+            out[key] = max(values)
+        elif isinstance(values[0], float):
+            out[key], out[key + "_range"] = float(np.median(values)), (min(values), max(values))
+    return out
 
 
 def fits(kind: str, params: int) -> bool:
@@ -145,6 +175,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128, help="prompt length")
     ap.add_argument("--decode", type=int, default=16, help="tokens to decode")
     ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of " + ", ".join(RUNS))
+    ap.add_argument("--repeat", type=int, default=3, help="processes per run, round-robin; medians are reported")
     ap.add_argument("--ids", default=None)
     ap.add_argument("--child", default=None)
     a = ap.parse_args()
@@ -168,15 +199,20 @@ def main() -> None:
     # readings swing by 30% and more (one bandwidth reading of 45 GB/s among runs of 27-33 was seen).
     samples = roof_samples(cfg.hidden_size, cfg.intermediate_size, a.tokens)
 
-    results = {}
+    kinds = []
     for kind in a.runs.split(","):
-        if not fits(kind, params):
+        if fits(kind, params):
+            kinds.append(kind)
+        else:
             print(f"{kind}: skipped, {params / 1e9:.2f}B parameters do not fit in this machine's RAM", file=sys.stderr)
-            continue
-        print(f"running {kind} ...", file=sys.stderr)
-        r = run_child(kind, model, ids, a.decode)
-        if r:
-            results[kind] = r
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
+    for round_ in range(a.repeat):  # round-robin, so a slow spell of the machine hits every kind alike
+        for kind in kinds:
+            print(f"round {round_ + 1}/{a.repeat}: {kind} ...", file=sys.stderr)
+            r = run_child(kind, model, ids, a.decode)
+            if r:
+                runs[kind].append(r)
+    results = {kind: summarize(rs) for kind, rs in runs.items() if rs}
 
     for k, v in roof_samples(cfg.hidden_size, cfg.intermediate_size, a.tokens).items():
         samples[k] += v
@@ -201,9 +237,12 @@ def main() -> None:
         print(f"{kind:<14}{r['prefill_seconds']:>10.2f}{ratio_p:>9}{prefill_gflop / roof['gemm_gflops'] / r['prefill_seconds']:>8.2f}"
               f"{r['decode_seconds_per_token']:>13.3f}{ratio_d:>9}{r['decode_seconds_per_token'] / bound:>8.2f}"
               f"{r['peak_rss_gib']:>9.2f}{r['peak_rss_anon_gib']:>12.2f}")
+    print(f"medians over {a.repeat} processes per run (each: {WARM_PREFILLS} warm prefills after a first one, "
+          f"{a.decode} decoded tokens); ranges over the processes:")
     for kind, r in results.items():
-        extra = {k: round(v, 2) for k, v in r.items() if k in ("first_prefill_seconds", "load_seconds", "total_seconds")}
-        print(f"  {kind}: " + ", ".join(f"{k} {v}" for k, v in extra.items()))
+        keys = ("prefill_seconds", "decode_seconds_per_token", "first_prefill_seconds", "load_seconds", "total_seconds")
+        print(f"  {kind}: " + ", ".join(f"{k.replace('_seconds', '')} {r[k]:.3g} ({r[k + '_range'][0]:.3g}-{r[k + '_range'][1]:.3g})"
+                                        for k in keys if k in r))
 
 
 if __name__ == "__main__":

@@ -131,6 +131,7 @@ def verify_gguf(
     from gemma_ref.config import load_config
     from gemma_ref.model import forward, validate_ids
     from gemma_ref.weights import Weights
+    from release.gguf_tokenizer import vocab_findings
     from release.gguf_weights import GGUFWeights
 
     gguf_path, model_dir = Path(gguf_path), Path(model_dir)
@@ -147,6 +148,7 @@ def verify_gguf(
         report = VerifyReport(model=str(gguf_path), golden=str(model_dir), golden_producer="gemma_ref on the original",
                               storage="full", tolerance=tol, kind="gguf", variant=info)
         report.findings += variant.findings
+        report.findings += vocab_findings(variant.reader, gguf_path, model_dir, cfg)  # llama.cpp tokenizes with these
         original = Weights(model_dir, cfg, check=True)
         try:
             report.findings += norm_findings(variant, original, str(gguf_path))

@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
 import gguf
 import numpy as np
+from gguf.gguf_writer import SHARD_NAME_FORMAT  # llama.cpp's part names: NAME-00001-of-00003.gguf
 
 from gemma_ref.config import FULL, SLIDING, GemmaConfig
 from gemma_ref.weights import expected_shapes
@@ -55,6 +57,8 @@ register_rules(
     Rule("GGUF005", "error", "norm weights differ from the original's (e.g. stored without the +1 llama.cpp's Gemma "
                              "converters add)"),
 )
+
+SPLIT = gguf.Keys.Split
 
 #: Gemma generation -> llama.cpp architecture (the converter class's model_arch).
 ARCH_OF_GENERATION = {1: gguf.MODEL_ARCH.GEMMA, 2: gguf.MODEL_ARCH.GEMMA2, 3: gguf.MODEL_ARCH.GEMMA3}
@@ -98,7 +102,47 @@ def open_gguf(path: str | os.PathLike) -> gguf.GGUFReader:
         return gguf.GGUFReader(p)
     except _READ_ERRORS as e:
         raise InputError(f"not a readable GGUF file ({type(e).__name__}: {e})", p,
-                         hint="the file may be truncated, corrupt, split into parts, or not GGUF at all") from None
+                         hint="the file may be truncated, corrupt or not GGUF at all") from None
+
+
+def open_gguf_parts(path: str | os.PathLike) -> list[tuple[Path, gguf.GGUFReader]]:
+    """(path, reader) of the GGUF, or of all parts of a split one in order when ``path`` is its first part.
+
+    llama.cpp splits big files (``gguf-split``, the converter's ``--split-max-*``) into parts named
+    ``NAME-00001-of-0000N.gguf``; each is a GGUF holding some of the tensors, and all carry
+    ``split.no`` / ``split.count``; the model's metadata is in the first. Every problem -- a later
+    part passed first, a part missing, parts from another split -- is an InputError naming the file.
+    """
+    p = Path(path)
+    first = open_gguf(p)
+    count = metadata(first, SPLIT.LLM_KV_SPLIT_COUNT, p)
+    if not isinstance(count, int) or count <= 1:
+        return [(p, first)]
+    no = metadata(first, SPLIT.LLM_KV_SPLIT_NO, p)
+    m = re.fullmatch(r"(.+)-(\d{5})-of-(\d{5})\.gguf", p.name)
+    if no != 0:
+        first_name = SHARD_NAME_FORMAT.format(m.group(1), 1, count) if m else "its first part"
+        raise InputError(f"this is part {no + 1 if isinstance(no, int) else '?'} of a {count}-part split GGUF", p,
+                         hint=f"pass the first part, {first_name}; the others are found beside it")
+    if m is None:
+        raise InputError(f"the first part of a {count}-part split GGUF, but not named as llama.cpp names parts "
+                         f"(NAME-00001-of-{count:05d}.gguf), so the others cannot be found", p)
+    readers = [(p, first)]
+    for i in range(2, count + 1):
+        part = p.with_name(SHARD_NAME_FORMAT.format(m.group(1), i, count))
+        if not part.is_file():
+            raise InputError(f"part {i} of this {count}-part split GGUF is missing ({part.name})", p)
+        r = open_gguf(part)
+        if (metadata(r, SPLIT.LLM_KV_SPLIT_NO, part), metadata(r, SPLIT.LLM_KV_SPLIT_COUNT, part)) != (i - 1, count):
+            raise InputError(f"its split.no / split.count do not make it part {i} of {count}", part,
+                             hint="the parts come from different splits")
+        readers.append((part, r))
+    total = metadata(first, SPLIT.LLM_KV_SPLIT_TENSORS_COUNT, p)
+    held = sum(len(r.tensors) for _, r in readers)
+    if isinstance(total, int) and held != total:
+        raise InputError(f"the {count} parts hold {held} tensors but split.tensors.count says {total}", p,
+                         hint="a part may come from another split")
+    return readers
 
 
 def numpy_shape(t: gguf.ReaderTensor) -> tuple[int, ...]:
@@ -281,8 +325,14 @@ class GGUFWeights:
         self.path = Path(path)
         self.cfg = cfg
         self.norm_plus_one = norm_plus_one
-        self.reader: gguf.GGUFReader | None = open_gguf(self.path)
-        self.tensors = {t.name: t for t in self.reader.tensors}
+        self.parts = open_gguf_parts(self.path)  # one reader, or one per part of a split file
+        self.reader: gguf.GGUFReader | None = self.parts[0][1]  # the metadata is in the first part
+        self.tensors = {}
+        for part, r in self.parts:
+            for t in r.tensors:
+                if t.name in self.tensors:
+                    raise InputError(f"tensor {t.name!r} is in two parts of the split GGUF", part)
+                self.tensors[t.name] = t
         self.names = gguf_tensor_names(cfg)
         self.findings: list[Finding] = metadata_findings(self.reader, cfg, self.path)
         self.vocab_rows, self.head = self._check_tensors()
@@ -376,7 +426,7 @@ class GGUFWeights:
 
     def close(self) -> None:
         self.tensors = {}
-        self.reader = None  # the memory map closes when the last view of it is gone
+        self.reader, self.parts = None, []  # the memory maps close when the last views of them are gone
 
     # --- reporting ---------------------------------------------------------------------------------
 
@@ -393,7 +443,8 @@ class GGUFWeights:
         return {
             "file": self.path.name,
             "path": str(self.path),
-            "bytes": self.path.stat().st_size,
+            "bytes": sum(part.stat().st_size for part, _ in self.parts) if self.parts else self.path.stat().st_size,
+            "parts": max(1, len(self.parts)),
             "architecture": metadata(self.reader, gguf.Keys.General.ARCHITECTURE, self.path) if self.reader else None,
             "quant": quant_label(self.reader, dict(elements), self.path) if self.reader else None,
             "tensor_types": counts,

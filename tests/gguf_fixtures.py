@@ -22,7 +22,7 @@ The knobs that break a file on purpose (``norm_plus_one=False``, ``metadata`` ov
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gguf
 import ml_dtypes  # noqa: F401  (lets safetensors return bfloat16 arrays)
@@ -100,18 +100,24 @@ def write_gguf(
     drop: tuple[str, ...] = (),
     vocab_rows: int | None = None,
     extra: dict[str, np.ndarray] | None = None,
+    tokenizer: str | Path | None = None,
+    edit_vocab: Callable[[dict[str, Any]], None] | None = None,
+    split_max_tensors: int = 0,
 ) -> Path:
     """Convert a tiny checkpoint to ``out`` (GGUF) with tensors in ``qtype`` (F32, F16, BF16, Q8_0, Q5_0, Q4_0).
 
     ``metadata`` sets or (value None) removes keys, ``{arch}`` filled in; ``drop`` leaves GGUF tensors
     out; ``vocab_rows`` keeps only the first rows of the embedding (as Gemma 3's converter trims the
-    padding rows); ``extra`` adds tensors under GGUF names.
+    padding rows); ``extra`` adds tensors under GGUF names. ``tokenizer`` (a tokenizer.model) writes
+    the vocabulary as ``_set_vocab_sentencepiece`` does; ``edit_vocab`` may change it first.
     """
     model_dir, out = Path(model_dir), Path(out)
     cfg = load_config(model_dir)
     arch = ARCH[cfg.generation]
-    w = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[arch])
+    w = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[arch], split_max_tensors=split_max_tensors)
     write_metadata(w, model_dir, qtype)
+    if tokenizer is not None:
+        write_vocab(w, Path(tokenizer), cfg.vocab_size, edit_vocab)
     for key, value in (metadata or {}).items():
         key = key.format(arch=gguf.MODEL_ARCH_NAMES[arch])
         w.kv_data[0].pop(key, None)  # replace, not duplicate, an existing key
@@ -136,7 +142,50 @@ def write_gguf(
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return out
+    parts = w.format_shard_names(out)
+    return parts[0]
+
+
+def sentencepiece_vocab(tokenizer: Path, vocab_size: int) -> dict[str, Any]:
+    """What ``TextModel._set_vocab_sentencepiece`` collects, read with the sentencepiece library as it does.
+
+    Types from IsUnknown / IsControl / IsUnused / IsByte, else NORMAL (llama.cpp only learns of
+    user-defined pieces through tokenizer_config.json, which the tiny fixtures do not have);
+    ``[PAD{i}]`` pieces of type UNUSED, score -10000, fill up to the config's vocab_size, and
+    pieces past it are dropped.
+    """
+    import sentencepiece
+
+    T = gguf.TokenType
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer))
+    tokens, scores, types = [], [], []
+    for i in range(min(sp.vocab_size(), vocab_size)):
+        tokens.append(sp.id_to_piece(i))
+        scores.append(sp.get_score(i))
+        types.append(T.UNKNOWN if sp.is_unknown(i) else T.CONTROL if sp.is_control(i) else
+                     T.UNUSED if sp.is_unused(i) else T.BYTE if sp.is_byte(i) else T.NORMAL)
+    for i in range(len(tokens), vocab_size):
+        tokens.append(f"[PAD{i}]")
+        scores.append(-10000.0)
+        types.append(T.UNUSED)
+    return {"model": "llama", "tokens": tokens, "scores": scores, "types": [int(t) for t in types],
+            "bos": sp.bos_id(), "eos": sp.eos_id(), "unk": sp.unk_id(), "pad": sp.pad_id(),
+            "add_bos": True, "add_eos": False}  # Gemma's tokenizer_config.json: add_bos_token true, add_eos_token false
+
+
+def write_vocab(w: gguf.GGUFWriter, tokenizer: Path, vocab_size: int,
+                edit: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """The tokenizer.ggml.* keys; a value set to None by ``edit`` is left out."""
+    v = sentencepiece_vocab(tokenizer, vocab_size)
+    if edit:
+        edit(v)
+    writers = {"model": w.add_tokenizer_model, "tokens": w.add_token_list, "scores": w.add_token_scores,
+               "types": w.add_token_types, "bos": w.add_bos_token_id, "eos": w.add_eos_token_id,
+               "unk": w.add_unk_token_id, "pad": w.add_pad_token_id, "add_bos": w.add_add_bos_token,
+               "add_eos": w.add_add_eos_token}
+    for key, value in v.items():
+        if value is not None:
+            writers[key](value)
 
 
 def _value_type(value: Any) -> gguf.GGUFValueType:

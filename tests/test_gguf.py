@@ -370,3 +370,52 @@ def test_variants_fidelity_bad_reports(cli, release, tmp_path):
     junk.write_text("{not json")
     r = cli("variants", "table", d, "--fidelity", junk)
     assert r.code == 2 and str(junk) in r.err and "not a GGUF fidelity report" in r.err
+
+
+# --- split GGUFs (NAME-00001-of-0000N.gguf) --------------------------------------------------------------
+
+
+def _split(tmp_path, name: str, per_part: int, qtype: str = "Q8_0", case: str = "gemma3_1b_style") -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    return write_gguf(MODELS / case, d / "v.gguf", qtype, split_max_tensors=per_part)
+
+
+def test_a_split_gguf_reads_as_the_whole_file(tmp_path, make_gguf):
+    case = "gemma3_1b_style"
+    first = _split(tmp_path, "split", 10)
+    assert first.name == "v-00001-of-00008.gguf"
+    whole = verify_gguf(make_gguf(case, "Q8_0"), MODELS / case, ids_of(case))
+    split = verify_gguf(first, MODELS / case, ids_of(case))
+    assert split.ok and split.variant["parts"] == 8 and whole.variant["parts"] == 1
+    assert split.variant["bytes"] == sum(p.stat().st_size for p in first.parent.iterdir())
+    assert [p.max_abs_diff for p in split.prompts] == [p.max_abs_diff for p in whole.prompts]
+    assert split.mean_kl == whole.mean_kl and split.variant["quant"] == "Q8_0"
+
+
+def test_a_later_part_is_refused_with_the_first_parts_name(cli, tmp_path):
+    first = _split(tmp_path, "split", 10)
+    r = cli("verify", first.with_name("v-00003-of-00008.gguf"), "--against", MODELS / "gemma3_1b_style", "--ids", "2,5")
+    assert r.code == 2 and "part 3 of a 8-part split GGUF" in r.err and "v-00001-of-00008.gguf" in r.err
+
+
+def test_a_missing_part_is_named(cli, tmp_path):
+    first = _split(tmp_path, "split", 10)
+    first.with_name("v-00005-of-00008.gguf").unlink()
+    r = cli("verify", first, "--against", MODELS / "gemma3_1b_style", "--ids", "2,5")
+    assert r.code == 2 and "part 5 of this 8-part split GGUF is missing (v-00005-of-00008.gguf)" in r.err
+
+
+def test_parts_of_another_split_are_refused(cli, tmp_path):
+    first = _split(tmp_path, "a", 10)  # 8 parts
+    other = _split(tmp_path, "b", 20)  # 4 parts
+    other.with_name("v-00002-of-00004.gguf").replace(first.with_name("v-00002-of-00008.gguf"))
+    r = cli("verify", first, "--against", MODELS / "gemma3_1b_style", "--ids", "2,5")
+    assert r.code == 2 and "do not make it part 2 of 8" in r.err and "v-00002-of-00008.gguf" in r.err
+
+
+def test_a_renamed_first_part_is_refused(cli, tmp_path):
+    first = _split(tmp_path, "split", 10)
+    renamed = first.replace(first.with_name("model.gguf"))
+    r = cli("verify", renamed, "--against", MODELS / "gemma3_1b_style", "--ids", "2,5")
+    assert r.code == 2 and "not named as llama.cpp names parts" in r.err
