@@ -198,7 +198,7 @@ def generate(
                                                    min=0, max=1)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed (same seed, same text).")] = None,
     cache_weights: Annotated[bool, typer.Option("--cache-weights", help="Keep weights in float32 after first use "
-                                                "(2x the bf16 size in RAM; faster decoding).")] = False,
+                                                "(2x the bf16 size in RAM; faster prompts).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate text with the reference model, streaming tokens as they come (KV cache, greedy or sampled)."""
