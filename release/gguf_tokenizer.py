@@ -86,17 +86,8 @@ def vocab_findings(reader: gguf.GGUFReader, gguf_path: Path, model_dir: Path, cf
     if model != "llama":
         out.append(Finding("GGUF006", "error", f"{T.MODEL} is {model!r}; Gemma's tokenizer is SentencePiece "
                                                "(\"llama\" in llama.cpp)", path=where))
-    types = metadata(reader, T.TOKEN_TYPE, gguf_path)
-    scores = metadata(reader, T.SCORES, gguf_path)
-    for key, values in ((T.TOKEN_TYPE, types), (T.SCORES, scores)):
-        if values is None:
-            out.append(Finding("GGUF006", "error", f"{key} is missing: llama.cpp would treat every piece alike",
-                               path=where))
-        elif len(values) != len(tokens):
-            out.append(Finding("GGUF006", "error", f"{key} has {len(values)} entries for {len(tokens)} tokens",
-                               path=where))
-            values.clear()
-    types, scores = types or [], scores or []
+    types = _per_token(reader, T.TOKEN_TYPE, gguf_path, len(tokens), out)  # [] when unusable (then reported)
+    scores = _per_token(reader, T.SCORES, gguf_path, len(tokens), out)
 
     n = min(len(tokens), len(pieces))
     if len(tokens) < len(pieces):
@@ -125,6 +116,20 @@ def vocab_findings(reader: gguf.GGUFReader, gguf_path: Path, model_dir: Path, cf
                                                  f"pieces, not padding: ids {_first(extra)}", path=where))
     out += _special_findings(reader, gguf_path, proto, cfg)
     return out
+
+
+def _per_token(reader: gguf.GGUFReader, key: str, gguf_path: Path, n_tokens: int, out: list[Finding]) -> list:
+    """A per-token array (types, scores): the values, or [] with a finding when missing or of another length."""
+    values = metadata(reader, key, gguf_path)
+    if values is None:
+        out.append(Finding("GGUF006", "error", f"{key} is missing: llama.cpp would treat every piece alike",
+                           path=str(gguf_path)))
+    elif len(values) != n_tokens:
+        out.append(Finding("GGUF006", "error", f"{key} has {len(values)} entries for {n_tokens} tokens",
+                           path=str(gguf_path)))
+    else:
+        return values
+    return []
 
 
 def _special_findings(reader: gguf.GGUFReader, gguf_path: Path, proto, cfg: GemmaConfig) -> list[Finding]:  # noqa: ANN001
