@@ -223,25 +223,25 @@ def main() -> None:
     g, b = samples["gemm_gflops"], samples["bandwidth_gbs"]
     print(f"roofs measured in this run (median of {len(g)}, before and after): float32 GEMM {roof['gemm_gflops']:.0f} GFLOP/s "
           f"(range {min(g):.0f}-{max(g):.0f}), bandwidth {roof['bandwidth_gbs']:.1f} GB/s (range {min(b):.1f}-{max(b):.1f})")
+    bound = {n: n * matrix_params / roof["bandwidth_gbs"] / 1e9 for n in (2, 4)}  # bytes per weight -> s/token
     print(f"  -> prefill roof "
           f"{prefill_gflop / roof['gemm_gflops']:.2f} s ({prefill_gflop:.0f} GFLOP); "
-          f"decode bound {2 * matrix_params / roof['bandwidth_gbs'] / 1e9:.3f} s/token streaming bf16, "
-          f"{4 * matrix_params / roof['bandwidth_gbs'] / 1e9:.3f} s/token float32")
+          f"decode bound {bound[2]:.3f} s/token streaming bf16, {bound[4]:.3f} s/token float32")
     hf = results.get("hf-float32")
     head = f"{'run':<14}{'prefill s':>10}{'x hf-f32':>9}{'of roof':>8}{'decode s/tok':>13}{'x hf-f32':>9}{'x bound':>8}{'RSS GiB':>9}{'RssAnon GiB':>12}"
     print(head)
     for kind, r in results.items():
-        bound = (2 if kind == "numpy-stream" else 4 if kind in ("numpy-cached", "hf-float32") else 2) * matrix_params / roof["bandwidth_gbs"] / 1e9
+        bound_s = bound[4 if kind in ("numpy-cached", "hf-float32") else 2]  # float32 weights read 4 bytes each
         ratio_p = f"{r['prefill_seconds'] / hf['prefill_seconds']:.2f}" if hf else "-"
         ratio_d = f"{r['decode_seconds_per_token'] / hf['decode_seconds_per_token']:.2f}" if hf else "-"
         print(f"{kind:<14}{r['prefill_seconds']:>10.2f}{ratio_p:>9}{prefill_gflop / roof['gemm_gflops'] / r['prefill_seconds']:>8.2f}"
-              f"{r['decode_seconds_per_token']:>13.3f}{ratio_d:>9}{r['decode_seconds_per_token'] / bound:>8.2f}"
+              f"{r['decode_seconds_per_token']:>13.3f}{ratio_d:>9}{r['decode_seconds_per_token'] / bound_s:>8.2f}"
               f"{r['peak_rss_gib']:>9.2f}{r['peak_rss_anon_gib']:>12.2f}")
-    print(f"medians over {a.repeat} processes per run (each: {WARM_PREFILLS} warm prefills after a first one, "
+    print(f"medians over up to {a.repeat} processes per run (each: {WARM_PREFILLS} warm prefills after a first one, "
           f"{a.decode} decoded tokens); ranges over the processes:")
     for kind, r in results.items():
         keys = ("prefill_seconds", "decode_seconds_per_token", "first_prefill_seconds", "load_seconds", "total_seconds")
-        print(f"  {kind}: " + ", ".join(f"{k.replace('_seconds', '')} {r[k]:.3g} ({r[k + '_range'][0]:.3g}-{r[k + '_range'][1]:.3g})"
+        print(f"  {kind} ({r['n']} processes): " + ", ".join(f"{k.replace('_seconds', '')} {r[k]:.3g} ({r[k + '_range'][0]:.3g}-{r[k + '_range'][1]:.3g})"
                                         for k in keys if k in r))
 
 

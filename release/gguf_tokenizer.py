@@ -35,7 +35,9 @@ from pathlib import Path
 import gguf
 
 from gemma_ref.config import GemmaConfig
+from gemma_ref.generate import stop_ids
 from gemma_ref.spm_reference import SPACE, PieceType, parse_model_proto
+from gemma_ref.tokenizer import TOKENIZER_FILE
 from release.errors import InputError
 from release.findings import Finding, Rule, register_rules
 from release.gguf_weights import metadata
@@ -47,7 +49,7 @@ register_rules(
                                "EOS appended, extra non-padding pieces), or the vocabulary could not be compared"),
 )
 
-T = gguf.Keys.Tokenizer
+KEY = gguf.Keys.Tokenizer
 
 #: SentencePiece piece type -> the GGUF token types a faithful conversion may give it.
 #: Added tokens of the HF tokenizer become CONTROL (special) or USER_DEFINED; <unk> is listed as special.
@@ -61,33 +63,33 @@ ALLOWED_TYPES: dict[int, frozenset[int]] = {
 }
 MERGED = (PieceType.NORMAL, PieceType.UNUSED)  # the types whose scores decide BPE merges
 LLAMA_CPP_SPM_DEFAULTS = {"bos": 1, "eos": 2, "unk": 0, "pad": None}  # llama-vocab.cpp, LLAMA_VOCAB_TYPE_SPM
-SPECIAL_KEYS = {"bos": T.BOS_ID, "eos": T.EOS_ID, "unk": T.UNK_ID, "pad": T.PAD_ID}
+SPECIAL_KEYS = {"bos": KEY.BOS_ID, "eos": KEY.EOS_ID, "unk": KEY.UNK_ID, "pad": KEY.PAD_ID}
 
 
 def vocab_findings(reader: gguf.GGUFReader, gguf_path: Path, model_dir: Path, cfg: GemmaConfig) -> list[Finding]:
     """Every way the GGUF's vocabulary differs from ``model_dir/tokenizer.model``, all of them collected."""
     where = str(gguf_path)
-    tok_file = Path(model_dir) / "tokenizer.model"
+    tok_file = Path(model_dir) / TOKENIZER_FILE
     if not tok_file.is_file():
-        return [Finding("GGUF007", "info", "the GGUF's vocabulary was not compared: the original directory has no "
-                                           "tokenizer.model", path=where)]
+        return [Finding("GGUF007", "info", f"the GGUF's vocabulary was not compared: the original directory has no "
+                                           f"{TOKENIZER_FILE}", path=where)]
     try:
         proto = parse_model_proto(tok_file.read_bytes())
     except (OSError, ValueError) as e:
         raise InputError(f"not a readable SentencePiece model ({e})", tok_file) from None
     pieces = proto.pieces
 
-    model = metadata(reader, T.MODEL, gguf_path)
-    tokens = metadata(reader, T.LIST, gguf_path)
+    model = metadata(reader, KEY.MODEL, gguf_path)
+    tokens = metadata(reader, KEY.LIST, gguf_path)
     if tokens is None:
-        return [Finding("GGUF006", "error", f"the GGUF carries no vocabulary ({T.LIST} is missing): llama.cpp "
+        return [Finding("GGUF006", "error", f"the GGUF carries no vocabulary ({KEY.LIST} is missing): llama.cpp "
                                             "cannot load it", path=where)]
     out: list[Finding] = []
     if model != "llama":
-        out.append(Finding("GGUF006", "error", f"{T.MODEL} is {model!r}; Gemma's tokenizer is SentencePiece "
+        out.append(Finding("GGUF006", "error", f"{KEY.MODEL} is {model!r}; Gemma's tokenizer is SentencePiece "
                                                "(\"llama\" in llama.cpp)", path=where))
-    types = _per_token(reader, T.TOKEN_TYPE, gguf_path, len(tokens), out)  # [] when unusable (then reported)
-    scores = _per_token(reader, T.SCORES, gguf_path, len(tokens), out)
+    types = _per_token(reader, KEY.TOKEN_TYPE, gguf_path, len(tokens), out)  # [] when unusable (then reported)
+    scores = _per_token(reader, KEY.SCORES, gguf_path, len(tokens), out)
 
     n = min(len(tokens), len(pieces))
     if len(tokens) < len(pieces):
@@ -101,7 +103,7 @@ def vocab_findings(reader: gguf.GGUFReader, gguf_path: Path, model_dir: Path, cf
             text_diff.append(i)
         if kind is not None and kind not in ALLOWED_TYPES.get(piece.type, frozenset()):
             type_diff.append(i)
-        if scores and kind in MERGED and piece.type in MERGED and abs(float(scores[i]) - piece.score) > 1e-6 * max(1.0, abs(piece.score)):
+        if scores and kind in MERGED and piece.type in MERGED and not _same_score(scores[i], piece.score):
             score_diff.append(i)
     for ids, what in ((text_diff, "pieces differ from the original's"),
                       (type_diff, "have a piece type that changes how llama.cpp tokenizes them (e.g. a byte or "
@@ -134,8 +136,6 @@ def _per_token(reader: gguf.GGUFReader, key: str, gguf_path: Path, n_tokens: int
 
 def _special_findings(reader: gguf.GGUFReader, gguf_path: Path, proto, cfg: GemmaConfig) -> list[Finding]:  # noqa: ANN001
     """bos / eos / unk / pad ids and the add_bos / add_eos flags, against how the original is used."""
-    from gemma_ref.generate import stop_ids
-
     where = str(gguf_path)
     index = {p.text: i for i, p in enumerate(proto.pieces)}
     # The ids the SentencePiece model names (Gemma: <pad> 0, <eos> 1, <bos> 2, <unk> 3).
@@ -157,14 +157,19 @@ def _special_findings(reader: gguf.GGUFReader, gguf_path: Path, proto, cfg: Gemm
             src = f"is missing, so llama.cpp uses its default {effective}" if have is None else f"is {effective}"
             expect = f"one of {sorted(eos_ok)}" if name == "eos" else str(target)
             out.append(Finding("GGUF006", "error", f"{key} {src}; the original's {name} id is {expect}", path=where))
-    add_bos, add_eos = metadata(reader, T.ADD_BOS, gguf_path), metadata(reader, T.ADD_EOS, gguf_path)
+    add_bos, add_eos = metadata(reader, KEY.ADD_BOS, gguf_path), metadata(reader, KEY.ADD_EOS, gguf_path)
     if add_bos is False:
-        out.append(Finding("GGUF007", "warning", f"{T.ADD_BOS} is false: llama.cpp will not start prompts with "
+        out.append(Finding("GGUF007", "warning", f"{KEY.ADD_BOS} is false: llama.cpp will not start prompts with "
                                                  "<bos>, and Gemma degrades badly without it", path=where))
     if add_eos is True:
-        out.append(Finding("GGUF007", "warning", f"{T.ADD_EOS} is true: llama.cpp will end every prompt with <eos>",
+        out.append(Finding("GGUF007", "warning", f"{KEY.ADD_EOS} is true: llama.cpp will end every prompt with <eos>",
                            path=where))
     return out
+
+
+def _same_score(have: float, want: float) -> bool:
+    """Equal at float32 precision (both sides are stored as float32)."""
+    return abs(float(have) - want) <= 1e-6 * max(1.0, abs(want))
 
 
 def _first(ids: list[int], k: int = 5) -> str:

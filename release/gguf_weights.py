@@ -326,7 +326,6 @@ class GGUFWeights:
         self.cfg = cfg
         self.norm_plus_one = norm_plus_one
         self.parts = open_gguf_parts(self.path)  # one reader, or one per part of a split file
-        self.reader: gguf.GGUFReader | None = self.parts[0][1]  # the metadata is in the first part
         self.tensors = {}
         for part, r in self.parts:
             for t in r.tensors:
@@ -424,9 +423,14 @@ class GGUFWeights:
     def final_norm(self) -> np.ndarray:
         return self.tensor("norm.weight")
 
+    @property
+    def reader(self) -> gguf.GGUFReader | None:
+        """The first part's reader, which holds the metadata (None once closed)."""
+        return self.parts[0][1] if self.parts else None
+
     def close(self) -> None:
         self.tensors = {}
-        self.reader, self.parts = None, []  # the memory maps close when the last views of them are gone
+        self.parts = []  # the memory maps close when the last views of them are gone
 
     # --- reporting ---------------------------------------------------------------------------------
 

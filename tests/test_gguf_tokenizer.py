@@ -13,6 +13,7 @@ from pathlib import Path
 import gguf
 import pytest
 
+from gemma_ref.config import load_config
 from release.gguf_tokenizer import vocab_findings
 from release.gguf_verify import verify_gguf
 from release.golden import PromptSpec
@@ -24,23 +25,16 @@ T = gguf.TokenType
 
 
 @pytest.fixture
-def original(tmp_path) -> Path:
+def original(model_copy) -> Path:
     """A fixture model directory with the tokenizer it was converted with."""
-    d = tmp_path / "original"
-    shutil.copytree(MODELS / "gemma3_1b_style", d)
+    d = model_copy("gemma3_1b_style")
     shutil.copy(TOKENIZER, d / "tokenizer.model")
     return d
 
 
-def findings_for(original: Path, tmp_path: Path, edit=None, tokenizer=TOKENIZER) -> list:
-    path = write_gguf(original, tmp_path / "v.gguf", "F32", tokenizer=tokenizer, edit_vocab=edit)
-    return vocab_findings(gguf.GGUFReader(path), path, original, _cfg(original))
-
-
-def _cfg(d: Path):
-    from gemma_ref.config import load_config
-
-    return load_config(d)
+def findings_for(original: Path, tmp_path: Path, edit=None) -> list:
+    path = write_gguf(original, tmp_path / "v.gguf", "F32", tokenizer=TOKENIZER, edit_vocab=edit)
+    return vocab_findings(gguf.GGUFReader(path), path, original, load_config(original))
 
 
 def ids(v: dict, text: str) -> int:
@@ -139,10 +133,9 @@ def test_extra_ids_must_be_padding(original, tmp_path):
 
 
 def test_no_tokenizer_in_the_original_is_said(tmp_path):
-    d = tmp_path / "bare"
-    shutil.copytree(MODELS / "gemma3_1b_style", d)
+    d = MODELS / "gemma3_1b_style"  # ships no tokenizer.model
     path = write_gguf(d, tmp_path / "v.gguf", "F32", tokenizer=TOKENIZER)
-    (f,) = vocab_findings(gguf.GGUFReader(path), path, d, _cfg(d))
+    (f,) = vocab_findings(gguf.GGUFReader(path), path, d, load_config(d))
     assert (f.rule, f.severity) == ("GGUF007", "info") and "no tokenizer.model" in f.message
 
 
