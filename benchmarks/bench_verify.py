@@ -9,7 +9,7 @@ nothing is downloaded. Then, each in a fresh process so memory is measured
 alone:
 
 1. ``golden``: this reference makes a top-k golden for one prompt;
-2. ``verify``: ``release.verify.verify_model`` against it (NaN scan + forward);
+2. ``verify``: ``release.weights.verify.verify_model`` against it (NaN scan + forward);
 3. ``transformers``: transformers float32, eager attention, the same prompt
    (skipped when torch/transformers are not installed).
 
@@ -121,17 +121,17 @@ def child(kind: str, model: Path, ids: list[int], golden: Path) -> dict:
     with PeakSampler() as s:
         t0 = time.perf_counter()
         if kind == "golden":
-            from release.golden import PromptSpec, make_golden
+            from release.weights.golden import PromptSpec, make_golden
 
             make_golden(model, golden, [PromptSpec("bench", ids=ids)], storage="topk", topk=64)
             extra = {}
         elif kind == "verify":
-            from release.verify import verify_model
+            from release.weights.verify import verify_model
 
             report = verify_model(model, golden)
             extra = {"ok": report.ok, "max_abs_diff": report.max_abs_diff}
         elif kind == "transformers":
-            from release.backends import transformers_logits
+            from release.weights.backends import transformers_logits
 
             transformers_logits(model, [np.asarray(ids)])
             extra = {}

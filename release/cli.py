@@ -96,7 +96,7 @@ def _progress_callback(bar):
 @app.command()
 def inspect(model: ModelArg, json_out: JsonOpt = False) -> None:
     """Show a checkpoint's generation, sizes, parameter count, storage dtype and bytes on disk."""
-    from release.inspect import inspect_model, render_inspect
+    from release.weights.inspect import inspect_model, render_inspect
 
     info = inspect_model(model)
     out.print_json(data=info) if json_out else out.print(render_inspect(info))
@@ -118,8 +118,8 @@ def golden(
     revision: Annotated[Optional[str], typer.Option(help="Model revision to record.")] = None,
 ) -> None:
     """Compute golden logits for prompts and write them to a golden file."""
-    from release.golden import make_golden
-    from release.prompts import select_prompts
+    from release.weights.golden import make_golden
+    from release.weights.prompts import select_prompts
 
     specs = select_prompts(ids, prompts)
     with _progress() as bar:
@@ -152,11 +152,11 @@ def verify(
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the JSON report to this file (e.g. for `variants table --fidelity`).")] = None,
 ) -> None:
     """Check a checkpoint against a golden file, or a GGUF variant against its original. Exit 0 pass, 1 fail, 2 bad input."""
-    from release.verify import Tolerance, render_report, verify_model, write_report_json
+    from release.weights.verify import Tolerance, render_report, verify_model, write_report_json
 
     if model is not None and model.suffix.lower() == ".gguf":
-        from release.gguf_verify import verify_gguf
-        from release.prompts import select_prompts
+        from release.weights.gguf_verify import verify_gguf
+        from release.weights.prompts import select_prompts
 
         if against is None or golden_file is not None or repo is not None:
             raise typer.BadParameter("a .gguf variant is compared with its original: give --against MODEL_DIR (not --golden or --repo)")
@@ -294,7 +294,7 @@ def card_check(
 
     Exit 0 when no finding is an error, 1 when one is, 2 when the input cannot be read.
     """
-    from release.card import check_release_card
+    from release.card.rules import check_release_card
     from release.findings import has_errors, render
 
     findings = check_release_card(path, hub=True if hub else None)
@@ -305,7 +305,7 @@ def card_check(
 @card_app.command("fix")
 def card_fix(path: CardPathArg) -> None:
     """Add missing license fields, a Terms of Use section and (for a directory) NOTICE; change nothing else."""
-    from release.card import fix_card
+    from release.card.rules import fix_card
 
     changes = fix_card(path)
     typer.echo("\n".join(changes) if changes else "nothing to change")
@@ -314,8 +314,8 @@ def card_fix(path: CardPathArg) -> None:
 @card_app.command("rules")
 def card_rules() -> None:
     """List the rules `card check` applies (card, Terms of Use, variant tables) as a Markdown table."""
-    import release.card  # noqa: F401  (registers the CARD and GEMMA rules)
-    import release.variants  # noqa: F401  (registers the QUANT rules)
+    import release.card.rules  # noqa: F401  (registers the CARD and GEMMA rules)
+    import release.card.variants  # noqa: F401  (registers the QUANT rules)
     from release.findings import rules_table
 
     typer.echo(rules_table(("CARD", "GEMMA", "QUANT")))
@@ -324,7 +324,7 @@ def card_rules() -> None:
 @app.command("notice")
 def notice(directory: Annotated[Path, typer.Argument(help="Release directory to write NOTICE into.", show_default=False)]) -> None:
     """Write (or complete) the NOTICE file the Gemma Terms of Use require in DIR."""
-    from release.terms import write_notice
+    from release.card.terms import write_notice
 
     typer.echo(str(write_notice(directory)))
 
@@ -367,7 +367,7 @@ def publish(
     """Check everything, then upload DIR to the Hub in one commit and validate what landed."""
     from release.findings import render
     from release.hub import HubError
-    from release.publish import Options, execute, plan, render_plan
+    from release.publish.plan import Options, execute, plan, render_plan
 
     opts = Options(repo=repo, revision=revision, private=private, create_pr=create_pr,
                    commit_message=commit_message, tag=tag, token=token, dry_run=dry_run)
@@ -407,7 +407,7 @@ def publish(
 def variants_check(path: Annotated[Path, typer.Argument(help="Card (README.md) or release directory.")], hub: HubOpt = False, fmt: FormatOpt = "text") -> None:
     """Check the card's variant tables (QUANT rules); with --hub, against the Hub's files too."""
     from release.findings import render
-    from release.variants import check_variants
+    from release.card.variants import check_variants
 
     findings = check_variants(path, hub=True if hub else None)
     out.print(escape(render(findings, fmt)))
@@ -424,7 +424,7 @@ def variants_table(
 ) -> None:
     """Generate the variant table from release.yaml and the real files (local_dir, or the Hub with --hub)."""
     from release import release_yaml
-    from release.variants import generate_table, listing_for, load_fidelity, write_table
+    from release.card.variants import generate_table, listing_for, load_fidelity, write_table
 
     measured = load_fidelity(fidelity) if fidelity else None
     if write:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from release.findings import RULES, SEVERITIES, Finding
-from release.terms import NOTICE_TEXT
+from release.card.terms import NOTICE_TEXT
 
 CARDS = Path(__file__).parent / "data" / "cards"
 

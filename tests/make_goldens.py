@@ -38,7 +38,7 @@ from transformers import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from release.golden import Golden, make_prompt, write_golden  # noqa: E402
+from release.weights.golden import Golden, make_prompt, write_golden  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 MODELS = DATA / "models"

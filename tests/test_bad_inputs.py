@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from gemma_ref import InputError, load_model
-from release.golden import Golden, make_prompt, write_golden
+from release.weights.golden import Golden, make_prompt, write_golden
 from tests.conftest import GOLDENS
 
 CASE = "gemma2_gqa_softcap"

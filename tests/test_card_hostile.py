@@ -10,7 +10,7 @@ from card_helpers import assert_well_formed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from release.card import check_text, parse_card
+from release.card.rules import check_text, parse_card
 
 BILLION_LAUGHS = "---\na: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"

@@ -9,7 +9,7 @@ from collections import Counter
 
 from card_helpers import CARDS, assert_well_formed, problems
 
-from release.card import check_path, load_card
+from release.card.rules import check_path, load_card
 
 
 def by_rule(findings):

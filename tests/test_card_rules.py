@@ -9,9 +9,9 @@ import pytest
 from card_helpers import CARDS, COMPLIANT_README, TERMS_COPY, make_release, problems
 
 from release import cli
-from release.card import check_path, check_text, fix_card, hub_license_ids, load_card, parse_card, set_metadata
+from release.card.rules import check_path, check_text, fix_card, hub_license_ids, load_card, parse_card, set_metadata
 from release.findings import RULES
-from release.terms import NOTICE_TEXT
+from release.card.terms import NOTICE_TEXT
 
 
 def test_compliant_release_has_no_problems(tmp_path):

@@ -24,9 +24,9 @@ from gemma_ref import load_model
 from gemma_ref.config import load_config
 from gemma_ref.model import forward
 from release.errors import InputError
-from release.gguf_verify import BOUNDS, family, gguf_tolerance, verify_gguf
-from release.gguf_weights import GGUFWeights, gguf_tensor_names
-from release.golden import PromptSpec
+from release.weights.gguf_verify import BOUNDS, family, gguf_tolerance, verify_gguf
+from release.weights.gguf_reader import GGUFWeights, gguf_tensor_names
+from release.weights.golden import PromptSpec
 from tests.conftest import CASES, MODELS, golden_prompts
 from tests.gguf_fixtures import write_gguf
 
@@ -339,7 +339,7 @@ def release(tmp_path):
 
 
 def test_variants_table_fidelity_column(cli, release, tmp_path):
-    from release import variants as V
+    from release.card import variants as V
 
     d, q8 = release
     report = tmp_path / "q8.json"

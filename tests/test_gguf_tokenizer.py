@@ -14,9 +14,9 @@ import gguf
 import pytest
 
 from gemma_ref.config import load_config
-from release.gguf_tokenizer import vocab_findings
-from release.gguf_verify import verify_gguf
-from release.golden import PromptSpec
+from release.weights.gguf_tokenizer import vocab_findings
+from release.weights.gguf_verify import verify_gguf
+from release.weights.golden import PromptSpec
 from tests.conftest import DATA, MODELS, golden_prompts
 from tests.gguf_fixtures import write_gguf
 

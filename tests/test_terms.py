@@ -7,7 +7,7 @@ import json
 import pytest
 
 from release.errors import InputError
-from release.terms import (
+from release.card.terms import (
     KNOWN_TERMS_VERSIONS,
     NOTICE_TEXT,
     generation_from_repo_id,

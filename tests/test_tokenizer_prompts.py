@@ -12,8 +12,8 @@ import yaml
 from gemma_ref.errors import InputError
 from gemma_ref.tokenizer import Tokenizer
 from make_tokenizers import OUT_DIR
-from release.golden import PromptSpec
-from release.prompts import (
+from release.weights.golden import PromptSpec
+from release.weights.prompts import (
     DEFAULT_PROMPTS,
     default_prompts,
     encode_golden_prompt,
@@ -125,8 +125,8 @@ def model_dir(tmp_path):
 
 
 def test_golden_records_ids_and_verify_catches_a_tokenizer_change(model_dir, tmp_path):
-    from release.golden import make_golden
-    from release.verify import verify_model
+    from release.weights.golden import make_golden
+    from release.weights.verify import verify_model
 
     golden_path = tmp_path / "golden.safetensors"
     golden = make_golden(model_dir, golden_path, prompt_specs(None))

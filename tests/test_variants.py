@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from release import variants as V
+from release.card import variants as V
 from release.errors import InputError
 
 HF = "https://huggingface.co"

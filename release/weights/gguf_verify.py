@@ -23,8 +23,8 @@ import numpy as np
 
 from release.errors import InputError
 from release.findings import Finding
-from release.golden import GoldenPrompt, PromptSpec
-from release.verify import Tolerance, VerifyReport, compare_prompt, overall_findings, prompt_findings
+from release.weights.golden import GoldenPrompt, PromptSpec
+from release.weights.verify import Tolerance, VerifyReport, compare_prompt, overall_findings, prompt_findings
 
 #: Quant-type family -> (max mean KL in nats over all positions, min top-1 agreement over all positions).
 #: Starting points, with headroom, in the range llama.cpp's `llama-perplexity --kl-divergence` runs show in
@@ -77,7 +77,7 @@ def resolve_prompts(specs: list[PromptSpec], model_dir: Path) -> list[PromptSpec
         raise InputError("the original has no tokenizer.model to encode the prompts with", model_dir,
                          hint="pass token ids instead, e.g. --ids 2,651,6037 (repeatable), or put the model's "
                               "tokenizer.model in that directory")
-    from release.golden import resolve_prompt_ids
+    from release.weights.golden import resolve_prompt_ids
 
     return resolve_prompt_ids(specs, model_dir)
 
@@ -88,7 +88,7 @@ def norm_findings(variant, original, path: str) -> list[Finding]:  # noqa: ANN00
     Each norm is classified by the nearest of three explanations, which lie exactly 1 apart in every
     element: as expected (r = w), +1 missing in the file (r = w - 1), +1 left in by the reader (r = w + 1).
     """
-    from release.gguf_weights import is_norm
+    from release.weights.gguf_reader import is_norm
 
     cases: dict[str, list[str]] = {"missing": [], "extra": [], "differs": []}
     for rel in (r for r in variant.names if is_norm(r)):
@@ -131,8 +131,8 @@ def verify_gguf(
     from gemma_ref.config import load_config
     from gemma_ref.model import forward, validate_ids
     from gemma_ref.weights import Weights
-    from release.gguf_tokenizer import vocab_findings
-    from release.gguf_weights import GGUFWeights
+    from release.weights.gguf_tokenizer import vocab_findings
+    from release.weights.gguf_reader import GGUFWeights
 
     gguf_path, model_dir = Path(gguf_path), Path(model_dir)
     if not model_dir.is_dir():

@@ -29,11 +29,33 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from release.errors import InputError
-from release.golden import PromptSpec
+
+@dataclass
+class PromptSpec:
+    """A prompt to record: ids directly, or text / chat turns that the model's tokenizer turns into ids."""
+
+    name: str
+    ids: list[int] | None = None
+    text: str | None = None
+    messages: list[dict[str, str]] | None = None
+
+
+def parse_ids(spec: str, index: int = 0) -> PromptSpec:
+    """``"2,651,6037"`` (commas and/or spaces) -> PromptSpec of those ids."""
+    try:
+        ids = [int(x) for x in spec.replace(",", " ").split()]
+    except ValueError:
+        raise InputError(f"--ids {spec!r}: expected integers separated by commas") from None
+    if not ids:
+        raise InputError("--ids is empty")
+    return PromptSpec(f"ids-{index}", ids=ids)
+
+
 
 SCHEMA = "prompts.schema.json"
 
@@ -64,7 +86,6 @@ def prompt_specs(path: str | os.PathLike | None) -> list[PromptSpec]:
 
 def select_prompts(ids: list[str] | None, path: str | os.PathLike | None) -> list[PromptSpec]:
     """The prompts a command was given: ``--ids`` ("2,651,6037", repeatable), else a ``--prompts`` file, else the built-in set."""
-    from release.golden import parse_ids
 
     return [parse_ids(s, i) for i, s in enumerate(ids)] if ids else prompt_specs(path)
 

@@ -3,8 +3,8 @@
 Order of work (the contract in DESIGN.md):
 
 1. read ``release.yaml`` and collect the files its globs name (paths stay inside DIR);
-2. run every check offline: card + Terms of Use (:func:`release.card.check_path`),
-   variant tables (:func:`release.variants.check_variants`), ``verify`` against the
+2. run every check offline: card + Terms of Use (:func:`release.card.rules.check_path`),
+   variant tables (:func:`release.card.variants.check_variants`), ``verify`` against the
    golden file when one is named; with network allowed, variant links are also
    checked against the Hub listing;
 3. on any error: report, upload nothing (exit 1);
@@ -113,7 +113,7 @@ def _verify(cfg: release_yaml.ReleaseConfig) -> list[Finding]:
         return []
     if not cfg.golden.is_file():
         return [Finding("PUBLISH003", "error", f"golden file {cfg.golden} named in release.yaml does not exist", path=str(cfg.path))]
-    from release.verify import Tolerance, verify_model
+    from release.weights.verify import Tolerance, verify_model
 
     known = {f.name for f in dataclasses.fields(Tolerance)}
     unknown = sorted(set(cfg.tolerances) - known)
@@ -125,8 +125,8 @@ def _verify(cfg: release_yaml.ReleaseConfig) -> list[Finding]:
 
 def run_checks(cfg: release_yaml.ReleaseConfig, hub: bool) -> list[Finding]:
     """Every check: card, terms, variants (files; Hub listings when ``hub``), verify."""
-    from release.card import check_path
-    from release.variants import check_variants
+    from release.card.rules import check_path
+    from release.card.variants import check_variants
 
     findings = check_path(cfg.root)
     findings += check_variants(cfg.root, cfg, hub=True if hub else None)

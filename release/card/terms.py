@@ -23,15 +23,14 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from gemma_ref.config import GENERATION_OF_MODEL_TYPE
+from release.card.cardfile import Card
 from release.errors import InputError
 from release.files import atomic_write
 from release.findings import Finding, Rule, register_rules
 
-if TYPE_CHECKING:  # pragma: no cover
-    from release.card import Card
 
 NOTICE_TEXT = "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms"
 TERMS_URL = "https://ai.google.dev/gemma/terms"

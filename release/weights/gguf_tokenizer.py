@@ -40,7 +40,7 @@ from gemma_ref.spm_reference import SPACE, PieceType, parse_model_proto
 from gemma_ref.tokenizer import TOKENIZER_FILE
 from release.errors import InputError
 from release.findings import Finding, Rule, register_rules
-from release.gguf_weights import metadata
+from release.weights.gguf_reader import metadata
 
 register_rules(
     Rule("GGUF006", "error", "the GGUF's vocabulary differs from the original tokenizer.model (pieces, piece types, "

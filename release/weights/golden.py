@@ -29,6 +29,7 @@ import numpy as np
 from release.errors import InputError
 from release.files import atomic_path
 from release.resources import load_schema
+from release.weights.prompts import PromptSpec, parse_ids, tokenize_prompt_specs  # noqa: F401  (parse_ids re-exported)
 
 FORMAT = "gemma-release-golden"
 FORMAT_VERSION = "1"
@@ -223,34 +224,13 @@ def read_golden(path: str | os.PathLike) -> Golden:
 # --- making a golden file ----------------------------------------------------------------------------
 
 
-@dataclass
-class PromptSpec:
-    """A prompt to record: ids directly, or text / chat turns that the model's tokenizer turns into ids."""
-
-    name: str
-    ids: list[int] | None = None
-    text: str | None = None
-    messages: list[dict[str, str]] | None = None
-
-
-def parse_ids(spec: str, index: int = 0) -> PromptSpec:
-    """``"2,651,6037"`` (commas and/or spaces) -> PromptSpec of those ids."""
-    try:
-        ids = [int(x) for x in spec.replace(",", " ").split()]
-    except ValueError:
-        raise InputError(f"--ids {spec!r}: expected integers separated by commas") from None
-    if not ids:
-        raise InputError("--ids is empty")
-    return PromptSpec(f"ids-{index}", ids=ids)
-
-
 def make_golden(model_dir: str | os.PathLike, out: str | os.PathLike, prompts: list[PromptSpec],
                 backend: str = "gemma_ref", storage: str = "full", topk: int = 64, model_name: str | None = None,
                 revision: str | None = None, progress=None) -> Golden:
     """Compute logits for the prompts with a backend and write them as a golden file."""
     from gemma_ref.config import load_config
     from gemma_ref.model import validate_ids
-    from release.backends import compute_logits
+    from release.weights.backends import compute_logits
 
     if storage not in STORAGES:
         raise InputError(f"storage must be one of {', '.join(STORAGES)}, not {storage!r}")
@@ -276,6 +256,4 @@ def resolve_prompt_ids(prompts: list[PromptSpec], model_dir: Path) -> list[Promp
     """Fill in ids for text / chat prompts with the model's own tokenizer."""
     if all(p.ids is not None for p in prompts):
         return prompts
-    from release.prompts import tokenize_prompt_specs  # needs the tokenizer stack only for text prompts
-
     return tokenize_prompt_specs(prompts, model_dir)

@@ -755,7 +755,7 @@ def listing_for(cfg, hub: object, own_dir: Path) -> Listing | None:  # noqa: ANN
 
 
 def _metadata(text: str) -> tuple[dict, int | None]:
-    from release import frontmatter
+    from release.card import frontmatter
 
     fences = frontmatter.locate(text)
     if fences.first is None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from release.errors import InputError
 from release.findings import Finding, Rule, has_errors, register_rules
-from release.golden import Golden, GoldenPrompt, logsumexp, read_golden
+from release.weights.golden import Golden, GoldenPrompt, logsumexp, read_golden
 
 register_rules(
     Rule("WEIGHTS001", "error", "a tensor the config requires is missing"),
@@ -301,7 +301,7 @@ def _token_checks(golden: Golden, model_dir: Path) -> dict[str, bool]:
         return {}
     if not (model_dir / "tokenizer.model").is_file():
         return {}
-    from release.prompts import encode_golden_prompt  # the tokenizer stack, only when there is text to check
+    from release.weights.prompts import encode_golden_prompt  # the tokenizer stack, only when there is text to check
 
     return encode_golden_prompt(golden, model_dir)
 
