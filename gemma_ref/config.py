@@ -1,4 +1,4 @@
-"""Gemma model configuration: one frozen dataclass for Gemma 1, 1.1, 2 and 3 (text).
+"""Gemma model configuration: one frozen dataclass for Gemma 1, 1.1, 2, 3 and 4 (text).
 
 `load_config` reads a Hugging Face ``config.json`` as the real releases write it:
 
@@ -7,7 +7,14 @@
   current ones (``rope_parameters`` per layer type, ``dtype``, ``layer_types``);
 * Gemma 3's multimodal configs, where the text model sits in ``text_config`` and
   is *sparse*: every field left out takes transformers' ``Gemma3TextConfig``
-  default (``DEFAULTS`` below).
+  default (``DEFAULTS`` below);
+* Gemma 4 (``gemma4`` with ``text_config``, ``gemma4_text``, ``gemma4_unified``): two head
+  geometries (``global_head_dim`` or the ``per_layer_config`` table transformers 5.24 saves),
+  K=V full layers, per-layer embeddings, KV sharing, MoE; resolved into one small
+  :class:`LayerSpec` per layer.
+
+Every size is bounded (``BOUNDS``) to what any Gemma could be, so a config saying
+``num_hidden_layers: 1e9`` is refused at once, naming the key and the file.
 
 Everything the forward pass needs is resolved here, so ``model.py`` never looks at
 raw JSON and never asks "which generation is this?" except through these fields.
@@ -20,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from gemma_ref.errors import InputError
 
@@ -36,15 +43,51 @@ GENERATION_OF_MODEL_TYPE: dict[str, int] = {
     "gemma3": 3,  # multimodal wrapper; the text model is in text_config
     "gemma3n": 3,  # Gemma 3n: Gemma 3 era terms, a different (per-layer embedding) architecture
     "gemma3n_text": 3,
-    "gemma4": 4,  # Apache-2.0, a different architecture
+    "gemma4": 4,  # Apache-2.0; multimodal wrapper, the text model is in text_config
     "gemma4_text": 4,
+    "gemma4_unified": 4,  # the later 12B: encoder-free vision/audio, Gemma 4 text without PLE / MoE
+    "gemma4_unified_text": 4,
 }
 # The model types this reference's forward pass implements (the others are refused by name).
-FORWARD_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3")
+FORWARD_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3", "gemma4", "gemma4_text", "gemma4_unified",
+                       "gemma4_unified_text")
+# Gemma-family model types that have no next-token logits to verify: refused, saying what they are.
+NOT_CAUSAL_LM: dict[str, str] = {
+    "embedding_gemma2": "EmbeddingGemma 2 is an encoder (bidirectional, pooled embeddings): it has no logits to verify",
+    "embedding_gemma": "EmbeddingGemma is an encoder (bidirectional, pooled embeddings): it has no logits to verify",
+    "gemma4_assistant": "gemma4_assistant is a multi-token-prediction drafter that reads a Gemma 4 target's shared "
+                        "KV states; it is not a standalone causal LM",
+    "diffusion_gemma": "diffusion_gemma is a block-diffusion model, not an autoregressive causal LM",
+    "t5gemma": "T5Gemma is an encoder-decoder model, not a decoder-only causal LM",
+    "t5gemma2": "T5Gemma 2 is an encoder-decoder model, not a decoder-only causal LM",
+}
+
+# Upper bounds for every size a config states: generous for any Gemma that could exist, small
+# enough that a typo (or a hostile 1e9) is refused before anything is allocated.
+BOUNDS: dict[str, int] = {
+    "vocab_size": 1 << 22,  # 4.2M rows (Gemma: 256000 / 262144 / 262208)
+    "vocab_size_per_layer_input": 1 << 22,
+    "hidden_size": 65536,  # d_model (Gemma: up to 5376)
+    "intermediate_size": 1 << 20,  # MLP width (Gemma: up to 36864)
+    "moe_intermediate_size": 1 << 20,
+    "num_hidden_layers": 1024,  # (Gemma: up to 62)
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "num_global_key_value_heads": 1024,
+    "head_dim": 4096,  # (Gemma: 128 / 256 / 512)
+    "global_head_dim": 4096,
+    "hidden_size_per_layer_input": 65536,  # PLE width per layer (Gemma 4 E2B/E4B: 256)
+    "max_position_embeddings": 1 << 24,  # 16.7M tokens (Gemma: up to 262144)
+    "sliding_window": 1 << 24,
+    "sliding_window_pattern": 1024,
+    "num_experts": 4096,  # (26B-A4B: 128)
+    "top_k_experts": 4096,
+    "num_kv_shared_layers": 1024,
+}
 
 # transformers' defaults for fields a config.json may leave out, per generation
 # (GemmaConfig, Gemma2Config, Gemma3TextConfig). Real Gemma 3 4b/12b/27b configs rely on them.
-DEFAULTS: dict[int, dict[str, Any]] = {
+DEFAULTS: dict[int | str, dict[str, Any]] = {
     1: dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
             num_attention_heads=16, num_key_value_heads=16, head_dim=256, rms_norm_eps=1e-6,
             rope_theta=10000.0, max_position_embeddings=8192, query_pre_attn_scalar=None,
@@ -60,6 +103,18 @@ DEFAULTS: dict[int, dict[str, Any]] = {
             rope_theta=1_000_000.0, max_position_embeddings=131072, query_pre_attn_scalar=256,
             attn_logit_softcapping=None, final_logit_softcapping=None, sliding_window=4096,
             rope_local_base_freq=10_000.0, sliding_window_pattern=6),
+    # Gemma4TextConfig: its core sizes (hidden 2304, 30 layers...) match no release, so they are REQUIRED.
+    4: dict(vocab_size=262144, head_dim=256, rms_norm_eps=1e-6, max_position_embeddings=131072, rope_theta=1e6,
+            query_pre_attn_scalar=None, attn_logit_softcapping=None, final_logit_softcapping=None,
+            sliding_window=512, rope_local_base_freq=None, sliding_window_pattern=6,
+            hidden_size_per_layer_input=256, vocab_size_per_layer_input=262144, num_kv_shared_layers=0),
+}
+# Gemma4UnifiedTextConfig (the 12B): a longer default window and context, no PLE.
+DEFAULTS["gemma4_unified_text"] = {**DEFAULTS[4], "sliding_window": 1024, "max_position_embeddings": 262144,
+                                   "hidden_size_per_layer_input": 0}
+# Sizes a config must state: a Gemma 4 config without them is broken, not "the default model".
+REQUIRED: dict[int, tuple[str, ...]] = {
+    4: ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"),
 }
 
 _TANH_GELU_NAMES = {"gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu_tanh", "gelu"}
@@ -72,14 +127,27 @@ class Rope:
 
     theta: float  # base of the frequencies: inv_freq[i] = 1 / theta^(2i / head_dim)
     linear_factor: float = 1.0  # "linear" rope scaling: positions (equivalently inv_freq) divided by this
+    proportion: float = 1.0  # Gemma 4 "proportional": only this fraction of each head's dims rotates (0.25)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """The geometry of one Gemma 4 layer (Gemma 4 layers differ by type, and shared layers differ again)."""
+
+    type: str  # SLIDING or FULL
+    head_dim: int  # width of one head here: head_dim on sliding layers, global_head_dim (512) on full ones
+    num_key_value_heads: int  # kv heads here (full layers of K=V models: num_global_key_value_heads)
+    intermediate_size: int  # MLP width here (doubled on KV-shared layers when use_double_wide_mlp)
+    k_eq_v: bool = False  # attention_k_eq_v on a full layer: no v_proj, V is the raw k_proj output
+    kv_source: int | None = None  # KV sharing: the layer whose post-norm, post-RoPE K and V this one reuses
 
 
 @dataclass(frozen=True)
 class GemmaConfig:
     """Everything the reference forward pass needs, resolved and validated."""
 
-    model_type: str  # HF model_type of the text model: "gemma", "gemma2" or "gemma3_text"
-    generation: int  # 1 (Gemma 1 / 1.1 / CodeGemma), 2 or 3
+    model_type: str  # HF model_type of the text model: "gemma", "gemma2", "gemma3_text", "gemma4_text", ...
+    generation: int  # 1 (Gemma 1 / 1.1 / CodeGemma), 2, 3 or 4
     vocab_size: int  # rows of the embedding matrix (Gemma 3 pads 262144 pieces to 262208)
     hidden_size: int  # width of the residual stream, d_model
     intermediate_size: int  # width of the MLP's gate/up projections
@@ -88,7 +156,7 @@ class GemmaConfig:
     num_key_value_heads: int  # key/value heads: 1 = MQA, == heads = MHA, in between = GQA
     head_dim: int  # width of one head; heads * head_dim need not equal hidden_size (gemma-7b: 16*256 = 4096 != 3072)
     rms_norm_eps: float  # epsilon inside every RMSNorm
-    query_pre_attn_scalar: float  # attention scale is this ** -0.5 (Gemma 1: head_dim)
+    query_pre_attn_scalar: float  # attention scale is this ** -0.5 (Gemma 1: head_dim; Gemma 4: 1, scale 1.0)
     attn_logit_softcapping: float | None  # Gemma 2: scores -> c * tanh(scores / c) before the mask; None = off
     final_logit_softcapping: float | None  # Gemma 2: logits -> c * tanh(logits / c); None = off
     sliding_window: int | None  # local layers see keys k with q - window < k <= q
@@ -105,6 +173,16 @@ class GemmaConfig:
     eos_token_id: int | tuple[int, ...] = 1  # Gemma's <eos> (instruction-tuned Gemma 3 also stops on <end_of_turn>)
     pad_token_id: int = 0  # Gemma's <pad>
     source: str | None = field(default=None, compare=False)  # the config.json this came from
+    # --- Gemma 4 only (the defaults are Gemma 1-3's "off") ---
+    layers: tuple[LayerSpec, ...] = ()  # Gemma 4: per-layer geometry (head_dim, kv heads, MLP width, sharing)
+    hidden_size_per_layer_input: int = 0  # Gemma 4 PLE: width of each layer's per-layer embedding (E2B: 256); 0 = none
+    vocab_size_per_layer_input: int = 0  # rows of the PLE table embed_tokens_per_layer (262144)
+    num_kv_shared_layers: int = 0  # the last N layers reuse an earlier layer's K/V (E2B: 20, E4B: 18)
+    attention_k_eq_v: bool = False  # full layers have no v_proj: V is the raw k_proj output (31B, 26B-A4B, 12B)
+    use_double_wide_mlp: bool = False  # E2B: KV-shared layers have an MLP twice as wide
+    num_experts: int = 0  # MoE (26B-A4B: 128 experts next to the dense MLP); 0 = no MoE block
+    top_k_experts: int = 0  # experts each token is routed to (26B-A4B: 8)
+    moe_intermediate_size: int = 0  # width of one expert's gate/up projections (26B-A4B: 704)
 
     # --- derived quantities, used by weights.py, inspect and the forward pass -------------------
 
@@ -137,13 +215,42 @@ class GemmaConfig:
             return f"{n_global} global layers"
         return f"{n_local} local (window {self.sliding_window}) + {n_global} global layers"
 
-    def expected_parameters(self) -> int:
-        """Parameter count implied by the shapes (tied embedding counted once)."""
+    @property
+    def global_head_dim(self) -> int:
+        """Head width of full-attention layers (Gemma 4: 512; Gemma 1-3: head_dim)."""
+        return next((s.head_dim for s in self.layers if s.type == FULL), self.head_dim)
+
+    def expected_parameters(self, active: bool = False) -> int:
+        """Parameter count implied by the shapes (tied embedding counted once).
+
+        `active`: Gemma 4 MoE, count only the top_k experts a token runs through (the "A4B").
+        """
         d, L = self.hidden_size, self.num_hidden_layers
+        if self.generation >= 4:
+            return self._gemma4_parameters(active)
         attn = d * self.q_width + 2 * d * self.kv_width + self.q_width * d
         mlp = 3 * d * self.intermediate_size
         norms = (4 if self.sandwich_norms else 2) * d + (2 * self.head_dim if self.use_qk_norm else 0)
         return self.vocab_size * d + L * (attn + mlp + norms) + d
+
+    def _gemma4_parameters(self, active: bool) -> int:
+        d, P, L = self.hidden_size, self.hidden_size_per_layer_input, self.num_hidden_layers
+        total = self.vocab_size * d + d  # tied embedding, final norm
+        if P:
+            total += self.vocab_size_per_layer_input * L * P + L * P * d + P  # PLE table, projection, its norm
+        for s in self.layers:
+            q, kv = self.num_attention_heads * s.head_dim, s.num_key_value_heads * s.head_dim
+            if s.kv_source is None:
+                total += d * kv * (1 if s.k_eq_v else 2) + s.head_dim  # k_proj (+ v_proj), k_norm
+            total += 2 * d * q + s.head_dim  # q_proj, o_proj, q_norm
+            total += 3 * d * s.intermediate_size + 4 * d + 1  # MLP, four norms, layer_scalar
+            if P:
+                total += 2 * d * P + d  # per_layer_input_gate, per_layer_projection, post_per_layer_input_norm
+            if self.num_experts:
+                n = self.top_k_experts if active else self.num_experts
+                total += n * 3 * d * self.moe_intermediate_size  # experts.gate_up_proj, experts.down_proj
+                total += self.num_experts * d + d + self.num_experts + 3 * d  # router, three extra norms
+        return total
 
 
 # The published checkpoints' shapes: one registry from which the benchmark scripts'
@@ -160,6 +267,10 @@ KNOWN_VARIANTS: dict[str, dict[str, Any]] = {
     "gemma-2-27b": dict(model_type="gemma2", hidden_size=4608, intermediate_size=36864, num_hidden_layers=46,
                         num_attention_heads=32, num_key_value_heads=16, head_dim=128, vocab_size=256000,
                         query_pre_attn_scalar=144),
+    "gemma-3-270m": dict(model_type="gemma3_text", hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=256, vocab_size=262144,
+                         sliding_window=512, query_pre_attn_scalar=256, rope_theta=1_000_000.0,
+                         rope_local_base_freq=10_000.0),
     "gemma-3-1b": dict(model_type="gemma3_text", hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
                        num_attention_heads=4, num_key_value_heads=1, head_dim=256, vocab_size=262144,
                        sliding_window=512),
@@ -173,6 +284,38 @@ KNOWN_VARIANTS: dict[str, dict[str, Any]] = {
                         num_attention_heads=32, num_key_value_heads=16, head_dim=128, vocab_size=262208,
                         query_pre_attn_scalar=168, sliding_window=1024,
                         rope_scaling={"rope_type": "linear", "factor": 8.0}),
+    # Gemma 4 (GEMMA4.md §1). Text-only parameter counts: E2B 4.629B (2.35B of it the PLE table),
+    # E4B 7.463B, 31B 30.697B, 26B-A4B 25.233B total (tests/test_gemma4.py pins them).
+    "gemma-4-E2B": dict(model_type="gemma4_text", hidden_size=1536, intermediate_size=6144, num_hidden_layers=35,
+                        num_attention_heads=8, num_key_value_heads=1, head_dim=256, global_head_dim=512,
+                        vocab_size=262144, sliding_window=512, layer_types=([SLIDING] * 4 + [FULL]) * 7,
+                        hidden_size_per_layer_input=256, vocab_size_per_layer_input=262144,
+                        num_kv_shared_layers=20, use_double_wide_mlp=True, final_logit_softcapping=30.0,
+                        max_position_embeddings=131072),
+    "gemma-4-E4B": dict(model_type="gemma4_text", hidden_size=2560, intermediate_size=10240, num_hidden_layers=42,
+                        num_attention_heads=8, num_key_value_heads=2, head_dim=256, global_head_dim=512,
+                        vocab_size=262144, sliding_window=512, layer_types=([SLIDING] * 5 + [FULL]) * 7,
+                        hidden_size_per_layer_input=256, vocab_size_per_layer_input=262144,
+                        num_kv_shared_layers=18, final_logit_softcapping=30.0, max_position_embeddings=131072),
+    "gemma-4-31B": dict(model_type="gemma4_text", hidden_size=5376, intermediate_size=21504, num_hidden_layers=60,
+                        num_attention_heads=32, num_key_value_heads=16, head_dim=256, global_head_dim=512,
+                        num_global_key_value_heads=4, attention_k_eq_v=True, vocab_size=262144,
+                        sliding_window=1024, layer_types=([SLIDING] * 5 + [FULL]) * 10,
+                        hidden_size_per_layer_input=0, final_logit_softcapping=30.0,
+                        max_position_embeddings=262144),
+    "gemma-4-26B-A4B": dict(model_type="gemma4_text", hidden_size=2816, intermediate_size=2112, num_hidden_layers=30,
+                            num_attention_heads=16, num_key_value_heads=8, head_dim=256, global_head_dim=512,
+                            num_global_key_value_heads=2, attention_k_eq_v=True, vocab_size=262144,
+                            sliding_window=1024, layer_types=([SLIDING] * 5 + [FULL]) * 5,
+                            hidden_size_per_layer_input=0, enable_moe_block=True, num_experts=128,
+                            top_k_experts=8, moe_intermediate_size=704, final_logit_softcapping=30.0,
+                            max_position_embeddings=262144),
+    # The later 12B (gemma4_unified): sizes third-party (GEMMA4.md §1), count not published.
+    "gemma-4-12B": dict(model_type="gemma4_unified_text", hidden_size=3840, intermediate_size=15360,
+                        num_hidden_layers=48, num_attention_heads=16, num_key_value_heads=8, head_dim=256,
+                        global_head_dim=512, num_global_key_value_heads=1, attention_k_eq_v=True,
+                        vocab_size=262144, sliding_window=1024, layer_types=([SLIDING] * 5 + [FULL]) * 8,
+                        final_logit_softcapping=30.0, max_position_embeddings=262144),
 }
 
 
@@ -183,7 +326,8 @@ def variant_config_json(name: str) -> dict[str, Any]:
     raw = dict(KNOWN_VARIANTS[name])
     raw.setdefault("torch_dtype", "bfloat16")
     raw["architectures"] = [{"gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
-                             "gemma3_text": "Gemma3ForCausalLM"}[raw["model_type"]]]
+                             "gemma3_text": "Gemma3ForCausalLM", "gemma4_text": "Gemma4ForCausalLM",
+                             "gemma4_unified_text": "Gemma4UnifiedForCausalLM"}[raw["model_type"]]]
     return raw
 
 
@@ -194,7 +338,7 @@ def match_variant(cfg: GemmaConfig) -> str | None:
     for name, v in KNOWN_VARIANTS.items():
         if GENERATION_OF_MODEL_TYPE[v["model_type"]] == cfg.generation and all(
             v[k] == getattr(cfg, k) for k in keys
-        ):
+        ) and (cfg.generation < 4 or v["model_type"] == cfg.model_type):
             return name
     return None
 
@@ -234,15 +378,21 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> GemmaCon
     nested = isinstance(raw.get("text_config"), dict)
     text = dict(raw["text_config"]) if nested else dict(raw)
     if nested:
-        # Multimodal Gemma 3: the text model's dtype and token ids often sit at the top level only.
+        # Multimodal Gemma 3/4: the text model's dtype and token ids often sit at the top level only.
         for k in ("torch_dtype", "dtype", "bos_token_id", "eos_token_id", "pad_token_id"):
             if k not in text and k in raw:
                 text[k] = raw[k]
     model_type = text.get("model_type") or top_type
+    for t in (top_type, model_type):
+        if t in NOT_CAUSAL_LM:
+            raise InputError(f"model_type {t!r}: {NOT_CAUSAL_LM[t]}; the reference computes causal-LM logits only",
+                             where)
     if nested and model_type in (None, "gemma3"):
         model_type = "gemma3_text"  # text_config of a gemma3 config may omit its model_type
+    if nested and model_type in ("gemma4", "gemma4_unified"):
+        model_type += "_text"
     if model_type not in GENERATION_OF_MODEL_TYPE:
-        raise InputError(f"unknown model_type {model_type!r}; this reference runs Gemma 1, 2 and 3 "
+        raise InputError(f"unknown model_type {model_type!r}; this reference runs Gemma 1, 2, 3 and 4 "
                          f"({', '.join(FORWARD_MODEL_TYPES)})", where)
     generation = GENERATION_OF_MODEL_TYPE[model_type]
     if model_type not in FORWARD_MODEL_TYPES:
@@ -251,20 +401,24 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> GemmaCon
             "forward pass does not implement (release checks still apply)", where)
     if model_type == "gemma3":
         model_type = "gemma3_text"
+    if model_type in ("gemma4", "gemma4_unified"):
+        model_type += "_text"
 
-    d = DEFAULTS[generation]
+    d = DEFAULTS[model_type] if model_type in DEFAULTS else DEFAULTS[generation]
 
     def get(key: str, *aliases: str) -> Any:
         for k in (key, *aliases):
             if k in text and text[k] is not None:
                 return text[k]
+        if key in REQUIRED.get(generation, ()):
+            raise InputError(f"config.json has no {key!r}, and a Gemma {generation} config has no default for it", where)
         return d.get(key)
 
     def integer(key: str, *aliases: str, minimum: int = 1) -> int:
         v = get(key, *aliases)
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise InputError(f"{key} must be an integer >= {minimum}, got {v!r}", where)
-        return v
+        return bounded(key, v, where)
 
     def number(key: str, *aliases: str, allow_none: bool = False, positive: bool = True) -> float | None:
         v = get(key, *aliases)
@@ -289,12 +443,18 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> GemmaCon
         raise InputError(f"hidden activation {act!r} is not Gemma's GELU; expected gelu_pytorch_tanh", where)
     # "gelu" in Gemma 1 configs is legacy and still means the tanh approximation (transformers #29402).
 
-    if text.get("use_bidirectional_attention"):
+    bidirectional = text.get("use_bidirectional_attention")
+    if generation >= 4 and bidirectional == "all":
+        raise InputError("use_bidirectional_attention 'all' makes a non-causal encoder; not supported", where)
+    if bidirectional and not (generation >= 4 and bidirectional == "vision"):
+        # Gemma 4's "vision" only changes the mask around image tokens: text-only input stays causal.
         raise InputError("use_bidirectional_attention (EmbeddingGemma) is not a causal LM; not supported", where)
 
     qpas = number("query_pre_attn_scalar", allow_none=True)
     if generation == 1 or qpas is None:
         qpas = float(head_dim)  # Gemma 1 scales scores by head_dim ** -0.5
+    if generation >= 4:
+        qpas = 1.0  # Gemma 4: attention scale 1.0; the learned q_norm / k_norm carry the temperature
 
     attn_cap = number("attn_logit_softcapping", allow_none=True)
     final_cap = number("final_logit_softcapping", allow_none=True)
@@ -304,6 +464,7 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> GemmaCon
     if any(t == SLIDING for t in layer_types):
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise InputError(f"sliding_window must be a positive integer for sliding layers, got {window!r}", where)
+        bounded("sliding_window", window, where)
     else:
         window = None
 
@@ -315,6 +476,12 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> GemmaCon
 
     eos = text.get("eos_token_id", 1)
     eos = tuple(eos) if isinstance(eos, list) else eos
+    if generation >= 4 and nested and raw.get("eos_token_id") is not None:
+        # Gemma 4 releases: text_config says 1, the top level [1, 106] (<eos> and <turn|>): stop on all of them.
+        top = raw["eos_token_id"] if isinstance(raw["eos_token_id"], list) else [raw["eos_token_id"]]
+        both = [e for e in (list(eos) if isinstance(eos, tuple) else [eos]) + top if isinstance(e, int)]
+        eos = tuple(dict.fromkeys(both)) if len(set(both)) > 1 else both[0]
+    gemma4 = _gemma4(text, model_type, layer_types, head_dim, kv_heads, inter, integer, where) if generation >= 4 else {}
     return GemmaConfig(
         model_type=model_type,
         generation=generation,
@@ -343,7 +510,112 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> GemmaCon
         eos_token_id=eos,
         pad_token_id=text.get("pad_token_id", 0) if isinstance(text.get("pad_token_id", 0), int) else 0,
         source=source,
+        **gemma4,
     )
+
+
+def bounded(key: str, v: int, where: str) -> int:
+    """v itself when within BOUNDS[key] (when there is one), else an InputError naming the key."""
+    cap = BOUNDS.get(key)
+    if cap is not None and v > cap:
+        raise InputError(f"{key} is {v}, more than any Gemma could have (at most {cap})", where)
+    return v
+
+
+def _gemma4(text: dict[str, Any], model_type: str, layer_types: tuple[str, ...], head_dim: int, kv_heads: int,
+            inter: int, integer: Callable[..., int], where: str) -> dict[str, Any]:
+    """The Gemma 4 fields of GemmaConfig: per-layer geometry, PLE, KV sharing, MoE."""
+    n_layers = len(layer_types)
+    unified = model_type == "gemma4_unified_text"  # Gemma4UnifiedTextConfig deletes the PLE and MoE fields
+
+    def flag(key: str) -> bool:
+        v = text.get(key, False)
+        if v is None:
+            v = False
+        if not isinstance(v, bool):
+            raise InputError(f"{key} must be true or false, got {v!r}", where)
+        return v
+
+    k_eq_v = flag("attention_k_eq_v")
+    double_wide = flag("use_double_wide_mlp")
+    n_shared = integer("num_kv_shared_layers", minimum=0)
+    if n_shared >= n_layers:
+        raise InputError(f"num_kv_shared_layers ({n_shared}) must be less than num_hidden_layers ({n_layers}): "
+                         "some layer has to compute the keys and values the others share", where)
+
+    # Two head geometries: the 5.24 per_layer_config table, else global_head_dim / num_global_key_value_heads.
+    table = text.get("per_layer_config")
+    overrides: dict[int, dict[str, int]] = {}
+    if table is not None:
+        if not isinstance(table, dict):
+            raise InputError(f"per_layer_config must be an object keyed by layer index, got {type(table).__name__}",
+                             where)
+        for key, value in table.items():
+            if not (isinstance(key, str) and key.isdigit() and int(key) < n_layers) or not isinstance(value, dict):
+                raise InputError(f"per_layer_config key {key!r} is not a layer index below {n_layers} "
+                                 "mapped to an object", where)
+            unknown = set(value) - {"head_dim", "num_key_value_heads"}
+            if unknown:
+                raise InputError(f"per_layer_config[{key!r}] sets {sorted(unknown)}; the reference knows per-layer "
+                                 "head_dim and num_key_value_heads only", where)
+            for k, v in value.items():
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise InputError(f"per_layer_config[{key!r}].{k} must be a positive integer, got {v!r}", where)
+                bounded(k, v, where)
+            overrides[int(key)] = value
+    else:
+        g_head_dim = integer("global_head_dim") if text.get("global_head_dim") is not None else 512
+        g_kv = text.get("num_global_key_value_heads")
+        full = {"head_dim": g_head_dim}
+        if k_eq_v and g_kv is not None:  # the global kv heads apply only with attention_k_eq_v (E2B/E4B store null)
+            full["num_key_value_heads"] = integer("num_global_key_value_heads")
+        overrides = {i: full for i, t in enumerate(layer_types) if t == FULL}
+
+    # KV sharing: each of the last n_shared layers reuses the last non-shared layer of its own type.
+    first_shared = n_layers - n_shared
+    sources: list[int | None] = [None] * n_layers
+    for i in range(first_shared, n_layers):
+        earlier = [j for j in range(first_shared) if layer_types[j] == layer_types[i]]
+        if not earlier:
+            raise InputError(f"layer {i} ({layer_types[i]}) is KV-shared but no earlier layer of that type "
+                             "computes keys and values", where)
+        sources[i] = earlier[-1]
+
+    specs = []
+    for i, t in enumerate(layer_types):
+        o = overrides.get(i, {})
+        kv = o.get("num_key_value_heads", kv_heads)
+        specs.append(LayerSpec(type=t, head_dim=o.get("head_dim", head_dim), num_key_value_heads=kv,
+                               intermediate_size=inter * (2 if double_wide and sources[i] is not None else 1),
+                               k_eq_v=k_eq_v and t == FULL, kv_source=sources[i]))
+    heads = integer("num_attention_heads")
+    for i, s in enumerate(specs):
+        if heads % s.num_key_value_heads:
+            raise InputError(f"layer {i}: num_attention_heads ({heads}) must be a multiple of its "
+                             f"{s.num_key_value_heads} key/value heads", where)
+    for i in range(first_shared, n_layers):
+        src = specs[sources[i]]
+        if (src.head_dim, src.num_key_value_heads) != (specs[i].head_dim, specs[i].num_key_value_heads):
+            raise InputError(f"KV-shared layer {i} has another head geometry than layer {sources[i]} it shares with",
+                             where)
+
+    if "hidden_size_per_layer_input" in text and text["hidden_size_per_layer_input"] is None:
+        raise InputError("hidden_size_per_layer_input is null; write 0 for no per-layer embeddings "
+                         "(transformers refuses null too)", where)
+    ple = 0 if unified else integer("hidden_size_per_layer_input", minimum=0)
+    ple_vocab = integer("vocab_size_per_layer_input") if ple else 0
+    moe = False if unified else flag("enable_moe_block")
+    experts = dict(num_experts=0, top_k_experts=0, moe_intermediate_size=0)
+    if moe:
+        for key in experts:
+            if text.get(key) is None:
+                raise InputError(f"enable_moe_block is true but {key!r} is missing", where)
+            experts[key] = integer(key)
+        if experts["top_k_experts"] > experts["num_experts"]:
+            raise InputError(f"top_k_experts ({experts['top_k_experts']}) is more than num_experts "
+                             f"({experts['num_experts']})", where)
+    return dict(layers=tuple(specs), hidden_size_per_layer_input=ple, vocab_size_per_layer_input=ple_vocab,
+                num_kv_shared_layers=n_shared, attention_k_eq_v=k_eq_v, use_double_wide_mlp=double_wide, **experts)
 
 
 def _layer_types(text: dict[str, Any], generation: int, n_layers: int, where: str) -> tuple[str, ...]:
@@ -353,14 +625,20 @@ def _layer_types(text: dict[str, Any], generation: int, n_layers: int, where: st
         if not isinstance(explicit, list) or len(explicit) != n_layers or any(t not in (SLIDING, FULL) for t in explicit):
             raise InputError(
                 f"layer_types must list {n_layers} entries, each {SLIDING!r} or {FULL!r}", where)
+        if generation >= 4:
+            return tuple(explicit[:-1]) + (FULL,)  # Gemma 4: the last layer is forced to full attention
         return tuple(explicit)
     if generation == 1:
         return (FULL,) * n_layers
     pattern = text.get("sliding_window_pattern") or DEFAULTS[generation]["sliding_window_pattern"]
     if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
         raise InputError(f"sliding_window_pattern must be a positive integer, got {pattern!r}", where)
+    bounded("sliding_window_pattern", pattern, where)
     # Layer i is global when (i + 1) % pattern == 0: Gemma 2 alternates local/global, Gemma 3 has 5 local : 1 global.
-    return tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(n_layers))
+    types = tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(n_layers))
+    if generation >= 4:
+        types = types[:-1] + (FULL,)  # Gemma 4 forces the last layer to full attention (transformers warns)
+    return types
 
 
 def _rope_scaling_factor(spec: Any, where: str, what: str) -> float:
@@ -372,18 +650,33 @@ def _rope_scaling_factor(spec: Any, where: str, what: str) -> float:
     kind = spec.get("rope_type", spec.get("type", "default"))
     if kind == "default":
         return 1.0
-    if kind == "linear":
-        factor = spec.get("factor")
+    if kind in ("linear", "proportional"):
+        factor = spec.get("factor", 1.0 if kind == "proportional" else None)
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
             raise InputError(f"{what}: linear rope scaling needs a positive 'factor', got {factor!r}", where)
         return float(factor)
-    raise InputError(f"{what}: rope type {kind!r} is not supported by the reference (default and linear are)", where)
+    raise InputError(f"{what}: rope type {kind!r} is not supported by the reference "
+                     "(default, linear and Gemma 4's proportional are)", where)
+
+
+def _rope_proportion(spec: Any, where: str, what: str) -> float:
+    """partial_rotary_factor of a "proportional" rope spec (1.0 for every other type)."""
+    if not isinstance(spec, dict) or spec.get("rope_type", spec.get("type")) != "proportional":
+        return 1.0
+    p = spec.get("partial_rotary_factor", 1.0)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+        raise InputError(f"{what}: partial_rotary_factor must be in (0, 1], got {p!r}", where)
+    return float(p)
 
 
 def _rope(text: dict[str, Any], generation: int, where: str) -> tuple[Rope, Rope]:
     """(global, local) RoPE parameters from legacy fields or ``rope_parameters``."""
     d = DEFAULTS[generation]
     params = text.get("rope_parameters")
+    if generation >= 4 and params is None:
+        # Gemma4TextConfig's default: proportional RoPE (a quarter of each head rotates) on full layers.
+        params = {FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1e6},
+                  SLIDING: {"rope_type": "default", "rope_theta": 1e4}}
     legacy_scaling = text.get("rope_scaling")
     theta = text.get("rope_theta", d["rope_theta"])
     local_theta = text.get("rope_local_base_freq", d["rope_local_base_freq"])
@@ -395,7 +688,10 @@ def _rope(text: dict[str, Any], generation: int, where: str) -> tuple[Rope, Rope
         l_theta = loc.get("rope_theta", local_theta if local_theta is not None else theta)
         g_factor = _rope_scaling_factor(g, where, f"rope_parameters.{FULL}")
         l_factor = _rope_scaling_factor(loc, where, f"rope_parameters.{SLIDING}")
+        g_part = _rope_proportion(g, where, f"rope_parameters.{FULL}")
+        l_part = _rope_proportion(loc, where, f"rope_parameters.{SLIDING}")
     else:
+        g_part = l_part = 1.0
         if isinstance(params, dict):  # one spec for every layer
             theta = params.get("rope_theta", theta)
             legacy_scaling = legacy_scaling or params
@@ -409,7 +705,7 @@ def _rope(text: dict[str, Any], generation: int, where: str) -> tuple[Rope, Rope
     for name, v in (("rope_theta", g_theta), ("rope_local_base_freq", l_theta)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 1:
             raise InputError(f"{name} must be a number > 1, got {v!r}", where)
-    return Rope(float(g_theta), g_factor), Rope(float(l_theta), l_factor)
+    return Rope(float(g_theta), g_factor, g_part), Rope(float(l_theta), l_factor, l_part)
 
 
 def config_fields() -> list[str]:

@@ -1,4 +1,4 @@
-"""Text generation with a KV cache: greedy or sampled decoding, stopping on <eos> or <end_of_turn>.
+"""Text generation with a KV cache: greedy or sampled decoding, stopping on <eos> or the end of a turn.
 
     >>> from gemma_ref import load_model
     >>> from gemma_ref.generate import Sampling, generate
@@ -13,6 +13,9 @@ cached keys, on local layers only over the last `sliding_window` of them, and
 its own key and value join the cache. The logits of each step are exactly the
 full forward pass's at that position (tests/test_generate.py checks it), only
 computed once per token instead of once per token per step.
+
+Gemma 4's KV-shared layers (E2B, E4B) have no cache of their own: they read the
+cache of the layer they share with (model.new_cache gives them None).
 """
 
 from __future__ import annotations
@@ -72,11 +75,19 @@ def pick_next(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) 
     return int(rng.choice(len(probs), p=probs))
 
 
+GEMMA4_TURN_CLOSE = 106  # Gemma 4's <turn|>: its special ids are fixed for the family (releases list [1, 106])
+
+
 def stop_ids(cfg: GemmaConfig, tokenizer=None) -> frozenset[int]:
-    """Ids that end generation: the config's eos_token_id(s), plus <eos> and <end_of_turn> if the tokenizer has them."""
+    """Ids that end generation: the config's eos_token_id(s), plus <eos> and the end-of-turn marker.
+
+    The end of a turn is <end_of_turn> for Gemma 1-3 (from the tokenizer) and <turn|> (106) for Gemma 4.
+    """
     ids = set(cfg.eos_token_id) if isinstance(cfg.eos_token_id, tuple) else {cfg.eos_token_id}
+    if cfg.generation >= 4 and GEMMA4_TURN_CLOSE < cfg.vocab_size:
+        ids.add(GEMMA4_TURN_CLOSE)  # instruction-tuned Gemma 4 ends its turn with <turn|>
     if tokenizer is not None:
-        for name in ("eos", "end_of_turn"):  # instruction-tuned Gemma ends its turn with <end_of_turn>
+        for name in ("eos", "end_of_turn", "turn_close"):  # instruction-tuned Gemma ends its turn with one
             if name in tokenizer.special_ids:
                 ids.add(tokenizer.special_ids[name])
     return frozenset(ids)

@@ -1,23 +1,32 @@
-"""The Gemma forward pass in NumPy: Gemma 1, 2 and 3 (text), one code path, float32.
+"""The Gemma forward pass in NumPy: Gemma 1, 2, 3 and 4 (text), float32.
 
 Read it top to bottom: each block of the architecture is one small pure
 function, in the order the data flows, with the tensor shapes on the lines that
 change them. Shape letters: T tokens, D hidden_size, F intermediate_size,
-H query heads, K key/value heads, Hd head_dim, V vocab_size.
+H query heads, K key/value heads, Hd head_dim, V vocab_size; Gemma 4 adds L layers,
+P per-layer-embedding width, E experts, I expert width.
 
-The three generations differ only through the config (see config.py):
+Gemma 1-3 differ only through the config (see config.py) and share ``block``; Gemma 4's
+layer differs enough to have its own functions (``gemma4_block`` and the ones it calls):
 
-=====================  ==========  ===========================  ======================
-                       Gemma 1     Gemma 2                      Gemma 3
-=====================  ==========  ===========================  ======================
-norms per layer        2           4 (sandwich)                 4 (sandwich)
-attention scale        Hd ** -0.5  query_pre_attn_scalar ** -.5  query_pre_attn_scalar ** -.5
-attention soft-cap     none        50 * tanh(s / 50)            none
-final logit soft-cap   none        30 * tanh(z / 30)            none
-local (sliding) layers none        every other layer            5 of every 6
-q/k RMSNorm per head   no          no                           yes
-RoPE base              10k         10k                          10k local, 1M global (+ linear scaling)
-=====================  ==========  ===========================  ======================
+=====================  ==========  ==================  ==================  ================================
+                       Gemma 1     Gemma 2             Gemma 3             Gemma 4
+=====================  ==========  ==================  ==================  ================================
+RMSNorm gain           1 + w       1 + w               1 + w               w (no +1)
+norms per layer        2           4 (sandwich)        4 (sandwich)        4 (+3 with MoE, +1 with PLE)
+attention scale        Hd ** -0.5  qpas ** -0.5        qpas ** -0.5        1.0 (q/k norms carry it)
+attention soft-cap     none        50 * tanh(s / 50)   none                none
+final logit soft-cap   none        30 * tanh(z / 30)   none                30 * tanh(z / 30)
+local (sliding) layers none        every other layer   5 of every 6        per layer_types (4:1 or 5:1)
+q/k RMSNorm per head   no          no                  yes                 yes, and a weightless v_norm
+head width             Hd          Hd                  Hd                  Hd local, global_head_dim full
+RoPE                   10k         10k                 10k local, 1M glob  10k local, 1M proportional full
+K/V                    own         own                 own                 K=V on full layers (31B, 26B);
+                                                                           last N layers share (E2B, E4B)
+extras                 -           -                   -                   per-layer embeddings (E2B/E4B),
+                                                                           MoE next to the MLP (26B-A4B),
+                                                                           layer_scalar on the whole stream
+=====================  ==========  ==================  ==================  ================================
 
 Every number is computed in float32 whatever the storage dtype, to match
 Hugging Face transformers run in float32 (the golden-logit tests pin this to
@@ -32,7 +41,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from gemma_ref.config import SLIDING, GemmaConfig, Rope, load_config
+from gemma_ref.config import SLIDING, GemmaConfig, LayerSpec, Rope, load_config
 from gemma_ref.errors import InputError
 from gemma_ref.weights import Weights, matmul_stored
 
@@ -92,6 +101,10 @@ def rope_inv_freq(head_dim: int, rope: Rope) -> np.ndarray:
     """Rotation speed of each pair of dimensions.  -> [Hd/2]"""
     exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(f32) / f32(head_dim)  # [Hd/2], 2i/d in float32
     inv_freq = f32(1.0) / (f32(rope.theta) ** exponents)  # 1 / base^(2i/d)
+    if rope.proportion < 1.0:
+        # Gemma 4 "proportional" (full layers): only the first p*Hd/2 pairs rotate, their exponents still over
+        # the FULL Hd; the other pairs get angle 0 (cos 1, sin 0). Not "partial rotary" over p*Hd dims.
+        inv_freq[int(rope.proportion * head_dim // 2):] = 0
     return inv_freq / f32(rope.linear_factor)  # linear scaling stretches positions: pos / factor
 
 
@@ -165,8 +178,14 @@ class LayerCache:
         return new
 
 
-def new_cache(cfg: GemmaConfig, capacity: int = 64) -> list[LayerCache]:
-    """An empty KV cache for one sequence: one LayerCache per layer (room for `capacity` tokens before growing)."""
+def new_cache(cfg: GemmaConfig, capacity: int = 64) -> list[LayerCache | None]:
+    """An empty KV cache for one sequence: one LayerCache per layer (room for `capacity` tokens before growing).
+
+    Gemma 4: each layer's own geometry; KV-shared layers get None, they read the cache of the layer they share.
+    """
+    if cfg.layers:
+        return [None if s.kv_source is not None else LayerCache(s.num_key_value_heads, s.head_dim, capacity)
+                for s in cfg.layers]
     return [LayerCache(cfg.num_key_value_heads, cfg.head_dim, capacity) for _ in range(cfg.num_hidden_layers)]
 
 
@@ -196,21 +215,31 @@ def attention(
 
     if cache is not None:
         k, v = cache.append(k, v)  # [K, T, Hd] -> [K, S, Hd]: every key so far, this call's last
+    out = attend(q, k, v, positions, cfg.sliding_window if local else None, cfg)  # [T, H*Hd]
+    return linear(out, w["self_attn.o_proj.weight"])  # [T, H*Hd] -> [T, D]
+
+
+def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, positions: np.ndarray, window: int | None,
+           cfg: GemmaConfig) -> np.ndarray:
+    """Scaled dot-product attention of the queries over every key so far.  [H, T, Hd], [K, S, Hd] x2 -> [T, H*Hd]
+
+    The keys are those of positions up to the last query's (the cache's, then this call's).
+    """
+    H, T, Hd = q.shape
     k_positions = np.arange(positions[-1] + 1 - k.shape[1], positions[-1] + 1)  # [S]
-    window = cfg.sliding_window if local else None
     if window is not None:  # keys older than the first query's window are never seen: skip them
         first = max(0, int(positions[0]) - window + 1 - int(k_positions[0]))  # index of the oldest key still seen
         k, v, k_positions = k[:, first:], v[:, first:], k_positions[first:]
 
-    k, v = repeat_kv(k, H // K), repeat_kv(v, H // K)  # [K, S, Hd] -> [H, S, Hd]
-    scale = f32(cfg.query_pre_attn_scalar ** -0.5)  # Gemma 1: Hd ** -0.5; Gemma 2/3: query_pre_attn_scalar ** -0.5
+    k, v = repeat_kv(k, H // k.shape[0]), repeat_kv(v, H // v.shape[0])  # [K, S, Hd] -> [H, S, Hd]
+    # Gemma 1: Hd ** -0.5; Gemma 2/3: query_pre_attn_scalar ** -0.5; Gemma 4: 1.0 (config sets the scalar to 1).
+    scale = f32(cfg.query_pre_attn_scalar ** -0.5)
     scores = (q @ k.transpose(0, 2, 1)) * scale  # [H, T, Hd] @ [H, Hd, S] -> [H, T, S]
     scores = softcap(scores, cfg.attn_logit_softcapping)  # Gemma 2: cap *before* the mask
     mask = attention_mask(positions, k_positions, window)  # [T, S]
     scores = np.where(mask, scores, f32(-np.inf))
     probs = softmax(scores)  # [H, T, S]
-    out = (probs @ v).transpose(1, 0, 2).reshape(T, H * Hd)  # [H, T, Hd] -> [T, H*Hd]
-    return linear(out, w["self_attn.o_proj.weight"])  # [T, H*Hd] -> [T, D]
+    return (probs @ v).transpose(1, 0, 2).reshape(T, H * Hd)  # [H, T, Hd] -> [T, H*Hd]
 
 
 # --- one transformer block -----------------------------------------------------------------------
@@ -234,6 +263,159 @@ def block(
     m = mlp(rms_norm(h, w["post_attention_layernorm.weight"], eps),
             w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"])
     return h + m
+
+
+# --- Gemma 4 ----------------------------------------------------------------------------------------
+
+
+def rms_norm_gemma4(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """RMSNorm as Gemma 4 has it: gain w.  [..., n] -> [..., n]"""
+    inv_rms = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + f32(eps))  # [..., 1]
+    return x * inv_rms * w  # Gemma 4: w without the +1, unlike 1-3 (its checkpoints store ones, not zeros)
+
+
+def rms_norm_unscaled(x: np.ndarray, eps: float) -> np.ndarray:
+    """RMSNorm with no gain at all: Gemma 4's v_norm and router norm (no weight tensor).  [..., n] -> [..., n]"""
+    return x * (1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + f32(eps)))
+
+
+def per_layer_inputs(weights: Weights, ids: np.ndarray, h0: np.ndarray, cfg: GemmaConfig) -> np.ndarray:
+    """Gemma 4 per-layer embeddings (PLE, E2B/E4B): one P-vector per token for each layer.  [T], [T, D] -> [L, T, P]
+
+    A token part (a second embedding table, gathered by rows) plus a context part (a projection
+    of the scaled input embedding), each brought to the same scale, then averaged.
+    """
+    T, L, P, D = len(ids), cfg.num_hidden_layers, cfg.hidden_size_per_layer_input, cfg.hidden_size
+    tok = weights.per_layer_rows(ids).reshape(T, L, P) * f32(P ** 0.5)  # [T, L, P]: scaled like an embedding
+    W, norm_w = weights.per_layer_projection()  # [L*P, D], [P]
+    ctx = (linear(h0, W) * f32(D ** -0.5)).reshape(T, L, P)  # [T, D] -> [T, L, P], from the *scaled* embedding
+    ctx = rms_norm_gemma4(ctx, norm_w, cfg.rms_norm_eps)  # each layer's slice normalised on its own
+    return ((ctx + tok) * f32(2 ** -0.5)).transpose(1, 0, 2)  # [L, T, P]
+
+
+def project_kv(x: np.ndarray, w: dict[str, np.ndarray], spec: LayerSpec, eps: float, cos: np.ndarray,
+               sin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A Gemma 4 layer's own keys and values, normed, keys rotated.  [T, D] -> [K, T, Hd], [K, T, Hd]"""
+    T, K, Hd = x.shape[0], spec.num_key_value_heads, spec.head_dim
+    k = linear(x, w["self_attn.k_proj.weight"]).reshape(T, K, Hd).transpose(1, 0, 2)  # [T, D] -> [K, T, Hd]
+    if spec.k_eq_v:
+        v = k  # K=V full layers (31B, 26B, 12B): V is the RAW k_proj output, before k_norm and RoPE
+    else:
+        v = linear(x, w["self_attn.v_proj.weight"]).reshape(T, K, Hd).transpose(1, 0, 2)  # [K, T, Hd]
+    k = apply_rope(rms_norm_gemma4(k, w["self_attn.k_norm.weight"], eps), cos, sin)  # [K, T, Hd]
+    v = rms_norm_unscaled(v, eps)  # Gemma 4's v_norm: RMSNorm without a weight, on every own V
+    return k, v
+
+
+def gemma4_attention(
+    x: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig, spec: LayerSpec, positions: np.ndarray,
+    cache: LayerCache | None = None, shared: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Gemma 4 self-attention.  [T, D] -> [T, D], plus the (K, V) attended over ([K, S, Hd] each)
+
+    `shared`: on a KV-shared layer, the keys and values of the layer it shares (already normed and
+    rotated: positions are the same); such a layer has no K/V projections and no cache of its own.
+    """
+    T, H, Hd, eps = x.shape[0], cfg.num_attention_heads, spec.head_dim, cfg.rms_norm_eps
+    q = linear(x, w["self_attn.q_proj.weight"]).reshape(T, H, Hd).transpose(1, 0, 2)  # [T, D] -> [H, T, Hd]
+    q = rms_norm_gemma4(q, w["self_attn.q_norm.weight"], eps)  # [H, T, Hd]
+    rope = cfg.rope_local if spec.type == SLIDING else cfg.rope_global  # full layers: proportional, 1M base
+    cos, sin = rope_cos_sin(positions, rope_inv_freq(Hd, rope))  # [T, Hd]: Hd of this layer's type (256 / 512)
+    q = apply_rope(q, cos, sin)
+
+    if spec.kv_source is None:
+        k, v = project_kv(x, w, spec, eps, cos, sin)  # [K, T, Hd] each
+        if cache is not None:
+            k, v = cache.append(k, v)  # [K, S, Hd]: every key so far
+    else:
+        k, v = shared  # KV sharing (E2B/E4B): reuse an earlier layer's keys and values, computed once
+    out = attend(q, k, v, positions, cfg.sliding_window if spec.type == SLIDING else None, cfg)  # [T, H*Hd]
+    return linear(out, w["self_attn.o_proj.weight"]), (k, v)  # [T, H*Hd] -> [T, D]
+
+
+def route(r: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The MoE router: each token's top-k experts and their weights.  [T, D] -> [T, k], [T, k] ids"""
+    x = rms_norm_unscaled(r, cfg.rms_norm_eps) * w["router.scale"] * f32(cfg.hidden_size ** -0.5)  # [T, D]
+    probs = softmax(linear(x, w["router.proj.weight"]))  # [T, E]: softmax over ALL experts, then top-k
+    idx = np.argsort(-probs, axis=-1, kind="stable")[:, :cfg.top_k_experts]  # [T, k]
+    top = np.take_along_axis(probs, idx, axis=-1)  # [T, k]
+    top = top / top.sum(axis=-1, keepdims=True)  # renormalised over the chosen k
+    return top * w["router.per_expert_scale"][idx], idx  # per-expert scale, after the renormalisation
+
+
+def moe(r: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig) -> np.ndarray:
+    """Gemma 4's experts (26B-A4B): each token through its routed experts, weighted.  [T, D] -> [T, D]
+
+    Only the routed experts run: tokens are grouped by expert, so each expert's weights are read
+    (and, from bf16, converted) once per call, and the other experts' never.
+    """
+    weights, idx = route(r, w, cfg)  # the router reads the RAW residual r, not the experts' pre-norm
+    x = rms_norm_gemma4(r, w["pre_feedforward_layernorm_2.weight"], cfg.rms_norm_eps)  # [T, D]
+    gate_up, down = w["experts.gate_up_proj"], w["experts.down_proj"]  # [E, 2I, D], [E, D, I]: stored views
+    I = cfg.moe_intermediate_size
+    out = np.zeros_like(x)  # [T, D]
+    for e in np.unique(idx):
+        tokens, slot = np.nonzero(idx == e)  # the tokens routed to expert e, and where in their top-k
+        y = mlp(x[tokens], gate_up[e][:I], gate_up[e][I:], down[e])  # gate rows first, then up rows
+        out[tokens] += y * weights[tokens, slot][:, None]  # [n, D]
+    return out
+
+
+def gemma4_block(
+    h: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig, spec: LayerSpec, positions: np.ndarray,
+    ple: np.ndarray | None = None, cache: LayerCache | None = None,
+    shared: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """One Gemma 4 decoder layer.  [T, D] -> [T, D], plus this layer's (K, V) for layers that share them
+
+    `ple`: this layer's per-layer embedding [T, P] (E2B/E4B), else None.
+    """
+    eps = cfg.rms_norm_eps
+    a, kv = gemma4_attention(rms_norm_gemma4(h, w["input_layernorm.weight"], eps), w, cfg, spec, positions,
+                             cache, shared)  # [T, D]
+    h = h + rms_norm_gemma4(a, w["post_attention_layernorm.weight"], eps)
+    r = h  # [T, D]
+    m = mlp(rms_norm_gemma4(r, w["pre_feedforward_layernorm.weight"], eps),
+            w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"])  # [T, D]; E2B: 2x wide on shared layers
+    if cfg.num_experts:  # 26B-A4B: the experts run next to the dense MLP, each branch with its own norms
+        m = (rms_norm_gemma4(m, w["post_feedforward_layernorm_1.weight"], eps)
+             + rms_norm_gemma4(moe(r, w, cfg), w["post_feedforward_layernorm_2.weight"], eps))
+    h = r + rms_norm_gemma4(m, w["post_feedforward_layernorm.weight"], eps)
+    if ple is not None:  # PLE: a gated bottleneck mixes this layer's per-layer embedding into the stream
+        g = gelu_tanh(linear(h, w["per_layer_input_gate.weight"])) * ple  # [T, D] -> [T, P]
+        h = h + rms_norm_gemma4(linear(g, w["per_layer_projection.weight"]), w["post_per_layer_input_norm.weight"], eps)
+    return h * w["layer_scalar"], kv  # layer_scalar scales the WHOLE stream, residual included (real: 0.005-0.92)
+
+
+def gemma4_forward(
+    weights: Weights, cfg: GemmaConfig, sequences: list[np.ndarray],
+    progress: Callable[[int, int], None] | None = None,
+    caches: list[list[LayerCache | None]] | None = None, last_only: bool = False,
+) -> list[np.ndarray]:
+    """forward() for Gemma 4.  [T_s] each -> [T_s, V] each"""
+    caches = caches if caches is not None else [None] * len(sequences)
+    starts = [c[0].length if c else 0 for c in caches]  # layer 0 always has its own cache
+    hs = [embed(weights, ids, cfg) for ids in sequences]  # [T_s, D] each
+    ples = [per_layer_inputs(weights, ids, h, cfg) if cfg.hidden_size_per_layer_input else None
+            for ids, h in zip(sequences, hs)]  # [L, T_s, P] each, or None
+    sources = {s.kv_source for s in cfg.layers if s.kv_source is not None}
+    kept: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in sequences]  # source layer -> its (K, V)
+    for i, spec in enumerate(cfg.layers):
+        w = weights.layer(i)
+        for n, (h, s, c) in enumerate(zip(hs, starts, caches)):
+            ple = ples[n][i] if ples[n] is not None else None  # [T, P]
+            shared = kept[n][spec.kv_source] if spec.kv_source is not None else None
+            hs[n], kv = gemma4_block(h, w, cfg, spec, np.arange(s, s + len(h)), ple, c[i] if c else None, shared)
+            if i in sources:
+                kept[n][i] = kv  # with a cache: every key so far, so shared layers see the whole past too
+        if progress:
+            progress(i + 1, cfg.num_hidden_layers)
+    if last_only:
+        hs = [h[-1:] for h in hs]  # [1, D] each
+    norm = weights.final_norm()  # [D]
+    h_all = np.concatenate([rms_norm_gemma4(h, norm, cfg.rms_norm_eps) for h in hs])  # [sum T_s, D]
+    logits = unembed(h_all, weights, cfg)  # [sum T_s, V], soft-capped at 30 again (Gemma 2's cap is back)
+    return np.split(logits, np.cumsum([len(h) for h in hs])[:-1])  # [T_s, V] each
 
 
 # --- the whole model -----------------------------------------------------------------------------
@@ -268,6 +450,8 @@ def forward(
     what each cache holds and their keys/values are added to it; `last_only` computes
     the logits of each sequence's last token only ([1, V] each), all that decoding needs.
     """
+    if cfg.generation >= 4:
+        return gemma4_forward(weights, cfg, sequences, progress, caches, last_only)
     caches = caches if caches is not None else [None] * len(sequences)
     starts = [c[0].length if c else 0 for c in caches]  # the first new token's position in each sequence
     hs = [embed(weights, ids, cfg) for ids in sequences]  # [T_s, D] each

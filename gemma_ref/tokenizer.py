@@ -16,7 +16,7 @@ classic port bugs live here, and each is one token off at the start of a prompt:
 
 ``Tokenizer(path)`` uses the ``sentencepiece`` library; ``backend="reference"``
 uses :mod:`gemma_ref.spm_reference`, a pure-Python encoder that gives the same
-ids and can be read. Chat templates (Gemma 1/2 and Gemma 3) produce ids
+ids and can be read. Chat templates (Gemma 1/2, Gemma 3 and Gemma 4) produce ids
 directly, so that no template text is ever re-parsed.
 """
 
@@ -43,6 +43,8 @@ NAMED_PIECES = {
     "start_of_image": "<start_of_image>",  # Gemma 3 only
     "end_of_image": "<end_of_image>",  # Gemma 3 only
     "image_soft_token": "<image_soft_token>",  # Gemma 3 only: stands for one image embedding
+    "turn_open": "<|turn>",  # Gemma 4 (id 105): opens a chat turn; the Gemma 1-3 markers are gone
+    "turn_close": "<turn|>",  # Gemma 4 (id 106): closes one; generation stops on it
 }
 
 # check_vocab: how many embedding rows beyond the tokenizer's pieces are still "padding".
@@ -262,9 +264,12 @@ class Tokenizer:
         SentencePiece never merges across a user-defined piece).
         """
         family = chat_template_family(generation) if generation is not None else (
+            "gemma4" if "turn_open" in self.special_ids else
             "gemma3" if "start_of_image" in self.special_ids else "gemma")
-        start, end = self.special_id("start_of_turn"), self.special_id("end_of_turn")
         messages = _check_messages(messages)
+        if family == "gemma4":
+            return self._gemma4_chat(messages, add_generation_prompt)
+        start, end = self.special_id("start_of_turn"), self.special_id("end_of_turn")
 
         first_user_prefix = ""
         if messages and messages[0]["role"] == "system":
@@ -292,6 +297,32 @@ class Tokenizer:
             ids += self.encode("model\n", bos=False)
         return ids
 
+    def _gemma4_chat(self, messages: list[Mapping[str, Any]], add_generation_prompt: bool) -> list[int]:
+        """Gemma 4's chat format: ``<|turn>{role}\n{content}<turn|>\n`` per turn, then ``<|turn>model\n``.
+
+        Unlike Gemma 3, a system message is a turn of its own (role ``system``). Thinking mode
+        (``<|think|>`` in the system turn) and tool calls of the released template are not produced.
+        """
+        start, end = self.special_id("turn_open"), self.special_id("turn_close")
+        ids = [self.bos_id]
+        if messages and messages[0]["role"] == "system":
+            ids += [start] + self.encode(f"system\n{_content_text(messages[0]['content'], trim=True)}", bos=False)
+            ids += [end] + self._newline()
+            messages = messages[1:]
+        for index, message in enumerate(messages):
+            role = message["role"]
+            if (role == "user") != (index % 2 == 0):
+                raise InputError(
+                    f"message {index + 1}: conversation roles must alternate user/assistant/user/..., "
+                    f"starting with user; got {role!r}"
+                )
+            role = "model" if role in ("assistant", "model") else role
+            ids += [start] + self.encode(f"{role}\n{_content_text(message['content'], trim=True)}", bos=False)
+            ids += [end] + self._newline()
+        if add_generation_prompt:
+            ids += [start] + self.encode("model\n", bos=False)
+        return ids
+
     def _newline(self) -> list[int]:
         if self._newline_ids is None:
             self._newline_ids = self.encode("\n", bos=False)
@@ -299,9 +330,9 @@ class Tokenizer:
 
 
 def chat_template_family(generation: int | str) -> str:
-    """``"gemma"`` (Gemma 1 and 2 share one template) or ``"gemma3"``.
+    """``"gemma"`` (Gemma 1 and 2 share one template), ``"gemma3"`` or ``"gemma4"``.
 
-    Accepts 1, 2, 3 or a name such as ``"gemma"``, ``"gemma2"``, ``"gemma-3"``,
+    Accepts 1, 2, 3, 4 or a name such as ``"gemma"``, ``"gemma2"``, ``"gemma-3"``,
     ``"gemma3_text"`` (Hugging Face ``model_type`` values).
     """
     key = str(generation).strip().lower().replace("-", "").replace("_text", "").replace("_", "")
@@ -309,7 +340,9 @@ def chat_template_family(generation: int | str) -> str:
         return "gemma"
     if key in ("3", "gemma3"):
         return "gemma3"
-    raise InputError(f"no chat template for Gemma generation {generation!r}; known: 1, 2, 3")
+    if key in ("4", "gemma4", "gemma4unified"):
+        return "gemma4"
+    raise InputError(f"no chat template for Gemma generation {generation!r}; known: 1, 2, 3, 4")
 
 
 def _check_messages(messages: Any) -> list[Mapping[str, Any]]:

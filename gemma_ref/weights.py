@@ -19,6 +19,14 @@ model was saved:
 ``model.language_model.``  Gemma3ForConditionalGeneration, newer saves
 ``""`` (none)              a bare GemmaModel / Gemma3TextModel
 =========================  =============================================
+
+Gemma 4 adds (names as on disk; see GEMMA4.md §2): ``layer_scalar`` [1] per layer; the
+per-layer-embedding (PLE) table ``embed_tokens_per_layer`` [V_ple, L*P], gathered by rows and
+never converted whole (2.35B parameters on E2B); packed experts ``experts.gate_up_proj``
+[E, 2I, D] and ``experts.down_proj`` [E, D, I], handed out as views and read one expert at a
+time; no ``v_proj`` on K=V full layers; and, on KV-shared layers, leftover
+``k_proj``/``v_proj``/``k_norm`` tensors that real E2B/E4B files keep and nothing uses (reported
+as info, like transformers' ``_keys_to_ignore_on_load_unexpected``).
 """
 
 from __future__ import annotations
@@ -43,7 +51,8 @@ from gemma_ref.errors import InputError
 PREFIXES = ("model.", "language_model.model.", "model.language_model.", "")
 # Tensors of other towers in multimodal checkpoints: present, expected, not ours.
 FOREIGN_PREFIXES = ("vision_tower.", "model.vision_tower.", "multi_modal_projector.", "model.multi_modal_projector.",
-                    "vision_model.", "audio_tower.", "model.audio_tower.", "embed_vision.", "model.embed_vision.")
+                    "vision_model.", "audio_tower.", "model.audio_tower.", "embed_vision.", "model.embed_vision.",
+                    "embed_audio.", "model.embed_audio.", "model.vision_embedder.", "model.audio_embedder.")
 SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 NUMPY_DTYPES = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32}
 INDEX_NAME = "model.safetensors.index.json"
@@ -66,7 +75,7 @@ class TensorInfo:
 class WeightIssue:
     """A structural problem with the weights (release.verify turns these into Findings)."""
 
-    code: str  # "missing", "shape", "dtype", "unexpected", "nonfinite", "mixed_dtype", "foreign", "lm_head"
+    code: str  # "missing", "shape", "dtype", "unexpected", "nonfinite", "mixed_dtype", "foreign", "lm_head", "kv_shared"
     severity: Literal["error", "warning", "info"]
     message: str
     tensor: str | None = None
@@ -152,6 +161,8 @@ def detect_prefix(names: set[str] | dict, model_dir: Path) -> str:
 
 def expected_shapes(cfg: GemmaConfig) -> dict[str, tuple[int, ...]]:
     """Tensor name (without prefix) -> shape, for every tensor the text model needs."""
+    if cfg.generation >= 4:
+        return gemma4_shapes(cfg)
     d, f, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     shapes: dict[str, tuple[int, ...]] = {"embed_tokens.weight": (cfg.vocab_size, d), "norm.weight": (d,)}
     for i in range(cfg.num_hidden_layers):
@@ -174,6 +185,67 @@ def expected_shapes(cfg: GemmaConfig) -> dict[str, tuple[int, ...]]:
             shapes[p + "self_attn.q_norm.weight"] = (hd,)
             shapes[p + "self_attn.k_norm.weight"] = (hd,)
     return shapes
+
+
+def gemma4_shapes(cfg: GemmaConfig) -> dict[str, tuple[int, ...]]:
+    """expected_shapes for Gemma 4: per-layer geometry, PLE, KV sharing, K=V, MoE."""
+    d, P, L, H = cfg.hidden_size, cfg.hidden_size_per_layer_input, cfg.num_hidden_layers, cfg.num_attention_heads
+    shapes: dict[str, tuple[int, ...]] = {"embed_tokens.weight": (cfg.vocab_size, d), "norm.weight": (d,)}
+    if P:
+        shapes["embed_tokens_per_layer.weight"] = (cfg.vocab_size_per_layer_input, L * P)
+        shapes["per_layer_model_projection.weight"] = (L * P, d)
+        shapes["per_layer_projection_norm.weight"] = (P,)
+    for i, s in enumerate(cfg.layers):
+        p, hd, f = f"layers.{i}.", s.head_dim, s.intermediate_size
+        shapes.update({
+            p + "input_layernorm.weight": (d,),
+            p + "self_attn.q_proj.weight": (H * hd, d),
+            p + "self_attn.q_norm.weight": (hd,),
+            p + "self_attn.o_proj.weight": (d, H * hd),
+            p + "post_attention_layernorm.weight": (d,),
+            p + "pre_feedforward_layernorm.weight": (d,),
+            p + "mlp.gate_proj.weight": (f, d),
+            p + "mlp.up_proj.weight": (f, d),
+            p + "mlp.down_proj.weight": (d, f),
+            p + "post_feedforward_layernorm.weight": (d,),
+            p + "layer_scalar": (1,),
+        })
+        if s.kv_source is None:  # KV-shared layers reuse another layer's K/V: nothing of their own
+            shapes[p + "self_attn.k_proj.weight"] = (s.num_key_value_heads * hd, d)
+            shapes[p + "self_attn.k_norm.weight"] = (hd,)
+            if not s.k_eq_v:  # K=V layers have no v_proj
+                shapes[p + "self_attn.v_proj.weight"] = (s.num_key_value_heads * hd, d)
+        if P:
+            shapes[p + "per_layer_input_gate.weight"] = (P, d)
+            shapes[p + "per_layer_projection.weight"] = (d, P)
+            shapes[p + "post_per_layer_input_norm.weight"] = (d,)
+        if cfg.num_experts:
+            E, I = cfg.num_experts, cfg.moe_intermediate_size
+            shapes.update({
+                p + "router.proj.weight": (E, d),
+                p + "router.scale": (d,),
+                p + "router.per_expert_scale": (E,),
+                p + "experts.gate_up_proj": (E, 2 * I, d),
+                p + "experts.down_proj": (E, d, I),
+                p + "pre_feedforward_layernorm_2.weight": (d,),
+                p + "post_feedforward_layernorm_1.weight": (d,),
+                p + "post_feedforward_layernorm_2.weight": (d,),
+            })
+    return shapes
+
+
+def _unused_by_design(cfg: GemmaConfig, rel: str) -> str | None:
+    """Why a tensor real Gemma 4 files carry is not used, for the ones that are expected there."""
+    if cfg.generation < 4 or not rel.startswith("layers."):
+        return None
+    parts = rel.split(".")
+    if not parts[1].isdigit() or int(parts[1]) >= len(cfg.layers):
+        return None
+    s, what = cfg.layers[int(parts[1])], ".".join(parts[2:])
+    if s.kv_source is not None and what in ("self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                                            "self_attn.k_norm.weight", "self_attn.v_norm.weight"):
+        return "kv_shared"
+    return None
 
 
 def check_structure(cfg: GemmaConfig, infos: dict[str, TensorInfo], prefix: str) -> list[WeightIssue]:
@@ -200,8 +272,12 @@ def check_structure(cfg: GemmaConfig, infos: dict[str, TensorInfo], prefix: str)
         issues.append(WeightIssue("dtype", "warning",
                                   f"config declares {cfg.storage_dtype} but the weights are stored as {stored.pop()}"))
     foreign = 0
+    kv_shared: list[str] = []
     for name, info in infos.items():
         if name.startswith(prefix) and name[len(prefix):] in want:
+            continue
+        if name.startswith(prefix) and _unused_by_design(cfg, name[len(prefix):]) == "kv_shared":
+            kv_shared.append(name)
             continue
         if name in ("lm_head.weight", prefix + "lm_head.weight"):
             # Gemma ties the output head to the embedding; transformers ignores a stored lm_head, and so do we.
@@ -210,9 +286,18 @@ def check_structure(cfg: GemmaConfig, infos: dict[str, TensorInfo], prefix: str)
                                       name, str(info.file)))
         elif name.startswith(FOREIGN_PREFIXES) or (prefix and not name.startswith(prefix)):
             foreign += 1
+        elif cfg.generation >= 4 and name.endswith("self_attn.v_proj.weight"):
+            issues.append(WeightIssue("unexpected", "warning",
+                                      f"unused tensor {name!r}: this is a K=V layer (attention_k_eq_v), its V is "
+                                      "the raw k_proj output, so a v_proj is never used", name, str(info.file)))
         else:
             issues.append(WeightIssue("unexpected", "warning", f"unexpected tensor {name!r} (not used by the text model)",
                                       name, str(info.file)))
+    if kv_shared:
+        issues.append(WeightIssue("kv_shared", "info",
+                                  f"{len(kv_shared)} K/V tensors of KV-shared layers ignored (those layers reuse an "
+                                  "earlier layer's keys and values; real E2B/E4B files keep them, transformers "
+                                  "ignores them too)", kv_shared[0]))
     if foreign:
         issues.append(WeightIssue("foreign", "info", f"{foreign} tensors of other towers (vision/audio/projector) ignored"))
     return issues
@@ -330,6 +415,7 @@ class Weights:
         self.files = list_checkpoint_files(self.dir)
         self.infos = read_headers(self.files)
         self.prefix = detect_prefix(self.infos, self.dir)
+        self._shapes = expected_shapes(cfg)
         self.issues = check_structure(cfg, self.infos, self.prefix)
         if check:
             errors = [i for i in self.issues if i.severity == "error"]
@@ -394,16 +480,28 @@ class Weights:
 
         Matrices come as float32 (cached or stored so) or as zero-copy views in the stored dtype,
         which ``model.linear`` converts chunk by chunk; the small norm vectors always in float32.
+        Gemma 4's packed experts [E, out, in] come as views too: ``[e]`` of one is that expert's matrix.
         """
         p = f"layers.{i}."
         out = {}
-        for rel, shape in expected_shapes(self.cfg).items():
+        for rel, shape in self._shapes.items():
             if rel.startswith(p):
-                out[rel[len(p):]] = self._matrix(rel) if len(shape) == 2 else self.tensor(rel)
+                out[rel[len(p):]] = self._matrix(rel) if len(shape) >= 2 else self.tensor(rel)
         return out
 
     def final_norm(self) -> np.ndarray:
         return self.tensor("norm.weight")
+
+    # --- Gemma 4's per-layer embeddings ----------------------------------------------------------
+
+    def per_layer_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of the PLE table embed_tokens_per_layer in float32, only those rows read.  [T] -> [T, L*P]"""
+        # Always the file's view, even with cache=True: E2B's table is 2.35B parameters (9.4 GB in float32).
+        return np.array(self._slice("embed_tokens_per_layer.weight")[ids], dtype=np.float32)
+
+    def per_layer_projection(self) -> tuple[np.ndarray, np.ndarray]:
+        """PLE's context part: per_layer_model_projection [L*P, D] (as for linear) and its norm weight [P]."""
+        return self._matrix("per_layer_model_projection.weight"), self.tensor("per_layer_projection_norm.weight")
 
     # --- reporting -----------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 Every command parses its options, calls one function of the library, prints
 the result and picks an exit code. Domain errors (:class:`InputError`) become
 one paragraph on stderr and exit code 2; a traceback only with ``--debug``.
-Exit codes everywhere: 0 ok, 1 a check failed, 2 bad input or usage.
+Exit codes everywhere: 0 ok, 1 a check failed, 2 bad input or usage, or the Hub/network failed,
+3 a bug of ours (an internal error).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from release.errors import InputError
+from release.findings import printable
 
 app = typer.Typer(
     name="gemma-release",
@@ -28,46 +30,86 @@ app = typer.Typer(
 card_app = typer.Typer(help="Check and fix model cards (metadata schema, Gemma Terms of Use).", no_args_is_help=True)
 app.add_typer(card_app, name="card")
 
+
+
+class _Console(Console):
+    """Prints plain strings with control characters from input escaped (ESC -> ``\\x1b``); newlines kept."""
+
+    def print(self, *objects, **kwargs) -> None:  # noqa: ANN002, ANN003 - rich's signature
+        super().print(*(printable(o, keep_lines=True) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
 # Piped output is not cut to 80 columns: tables stay whole in logs and CI.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = _Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = _Console(stderr=True, highlight=False, soft_wrap=True)
 _state = {"debug": False}
 
 # --- shared options, defined once -------------------------------------------------------------
 
 ModelArg = Annotated[Path, typer.Argument(help="Model directory (config.json + safetensors).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+def _finite(value: float | None) -> float | None:
+    """Option callback: NaN and infinities pass click's range checks (every comparison is False); refuse them."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
 FormatOpt = Annotated[Literal["text", "json", "sarif"], typer.Option("--format", "-f", help="Output format: text, json or sarif.")]
 
 
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors (the exit code stays the same).")] = False,
+    hub_timeout: Annotated[Optional[float], typer.Option(
+        "--hub-timeout", min=0.1, max=3600, show_default=False, metavar="SECONDS",
+        help="Give up on any single Hub request after this long (default: $GEMMA_RELEASE_HUB_TIMEOUT, else 30).")] = None,
+) -> None:
+    from release.hub import set_timeout
+
     _state["debug"] = debug
+    set_timeout(hub_timeout)
+
+
+def _fail(code: int, label: str, e: BaseException, message: str | None = None) -> None:
+    """One paragraph on stderr (control characters escaped), the traceback first with --debug; exit ``code``."""
+    if _state["debug"]:
+        import traceback
+
+        sys.stderr.write("".join(traceback.format_exception(e)))
+        sys.stderr.flush()
+    err.print(f"[bold red]{label}:[/] {escape(printable(str(e) if message is None else message))}")
+    sys.exit(code)
 
 
 def main() -> None:
-    """Console-script entry point: run the app, turn domain errors into exit code 2."""
+    """Console-script entry point: 0 ok, 1 a check failed, 2 bad input/usage or the Hub failed, 3 a bug of ours."""
+    from release.hub import HubError
+
     try:
         rv = app(standalone_mode=False)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except InputError as e:
-        if _state["debug"]:
-            raise
-        err.print(f"[bold red]error:[/] {escape(str(e))}")
-        sys.exit(2)
+        _fail(2, "error", e)
+    except HubError as e:  # the network or the Hub failed: not a failed check (1), not a bug (3)
+        _fail(2, "Hub error", e)
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         sys.exit(130)
     except typer.TyperException as e:  # usage errors (exit 2) and other click-level errors
         show = getattr(e, "show", None)
-        show() if show else err.print(f"error: {escape(str(e))}")
+        show() if show else err.print(f"error: {escape(printable(str(e)))}")
         sys.exit(getattr(e, "exit_code", 2))
+    except OSError as e:  # the environment (permissions, a full disk, an I/O error), not our code
+        where = f"{e.filename}: " if e.filename else ""
+        _fail(2, "error", e, f"{where}{e.strerror or e}")
     except Exception as e:  # a bug of ours: one line, the traceback only with --debug
-        if _state["debug"]:
-            raise
-        err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} (rerun with --debug for the traceback)")
-        sys.exit(3)
+        _fail(3, "internal error", e, f"{type(e).__name__}: {e}" + ("" if _state["debug"] else " (rerun with --debug for the traceback)"))
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -142,11 +184,11 @@ def verify(
     against: Annotated[Optional[Path], typer.Option("--against", help="For a .gguf MODEL: the original model directory it was made from.")] = None,
     ids: Annotated[Optional[list[str]], typer.Option("--ids", help="For a .gguf: a prompt as token ids, e.g. '2,651,6037'. Repeatable.")] = None,
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="For a .gguf: YAML/JSON prompts file (default: the built-in set).")] = None,
-    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance on every logit (default 1e-4; none for a .gguf).", min=0, show_default=False)] = None,
-    rtol: Annotated[float, typer.Option(help="Relative tolerance (times |golden|).", min=0)] = 1e-5,
-    max_kl: Annotated[Optional[float], typer.Option(help="Fail when a position's KL(golden||ours) exceeds this.")] = None,
-    min_top1: Annotated[Optional[float], typer.Option(help="Fail when top-1 agreement is below this fraction (per prompt; for a .gguf over all positions, default per quant type).")] = None,
-    max_mean_kl: Annotated[Optional[float], typer.Option(help="Fail when the mean KL over all positions exceeds this (a .gguf: default per quant type).")] = None,
+    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance on every logit (default 1e-4; none for a .gguf).", min=0, callback=_finite, show_default=False)] = None,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance (times |golden|).", min=0, callback=_finite)] = 1e-5,
+    max_kl: Annotated[Optional[float], typer.Option(help="Fail when a position's KL(golden||ours) exceeds this (nats, >= 0).", min=0, callback=_finite)] = None,
+    min_top1: Annotated[Optional[float], typer.Option(help="Fail when top-1 agreement is below this fraction, 0..1 (per prompt; for a .gguf over all positions, default per quant type).", min=0, max=1, callback=_finite)] = None,
+    max_mean_kl: Annotated[Optional[float], typer.Option(help="Fail when the mean KL over all positions exceeds this (nats, >= 0; a .gguf: default per quant type).", min=0, callback=_finite)] = None,
     scan: Annotated[bool, typer.Option("--scan/--no-scan", help="Scan every weight for NaN/Inf first.")] = True,
     json_out: JsonOpt = False,
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the JSON report to this file (e.g. for `variants table --fidelity`).")] = None,
@@ -192,10 +234,10 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="Prompt text, taken verbatim (BOS is added).", show_default=False)],
     chat: Annotated[bool, typer.Option("--chat", help="Wrap PROMPT as one user turn of the chat template.")] = False,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Stop after this many new tokens.", min=0)] = 64,
-    temperature: Annotated[float, typer.Option(help="0 = greedy; higher = more random.", min=0)] = 0.0,
+    temperature: Annotated[float, typer.Option(help="0 = greedy; higher = more random.", min=0, callback=_finite)] = 0.0,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Sample among the k most likely tokens.", min=1)] = None,
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="Sample among the fewest tokens holding this much probability.",
-                                                   min=0, max=1)] = None,
+                                                   min=0, max=1, callback=_finite)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed (same seed, same text).")] = None,
     cache_weights: Annotated[bool, typer.Option("--cache-weights", help="Keep weights in float32 after first use "
                                                 "(2x the bf16 size in RAM; faster prompts).")] = False,
@@ -308,7 +350,7 @@ def card_fix(path: CardPathArg) -> None:
     from release.card.rules import fix_card
 
     changes = fix_card(path)
-    typer.echo("\n".join(changes) if changes else "nothing to change")
+    typer.echo(printable("\n".join(changes), keep_lines=True) if changes else "nothing to change")
 
 
 @card_app.command("rules")
@@ -326,7 +368,7 @@ def notice(directory: Annotated[Path, typer.Argument(help="Release directory to 
     """Write (or complete) the NOTICE file the Gemma Terms of Use require in DIR."""
     from release.card.terms import write_notice
 
-    typer.echo(str(write_notice(directory)))
+    typer.echo(printable(str(write_notice(directory))))
 
 # --- releases: init, publish -------------------------------------------------------------------
 
@@ -343,11 +385,17 @@ def init(
     repo: RepoOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing release.yaml.")] = False,
 ) -> None:
-    """Write DIR/release.yaml drafted from what DIR holds (files, card metadata, golden file)."""
-    from release.release_yaml import init as init_release
+    """Write DIR/release.yaml drafted from what DIR holds (files by name, card metadata, golden file); list what it leaves out."""
+    from release.publish.draft import init as init_release
 
-    path, cfg = init_release(directory, repo=repo, overwrite=force)
-    out.print(f"wrote {path}: {cfg.repo}, {len(cfg.files)} file patterns" + (f", golden {cfg.golden.name}" if cfg.golden else ""))
+    path, cfg, left_out = init_release(directory, repo=repo, overwrite=force)
+    out.print(escape(f"wrote {path}: {cfg.repo}, {len(cfg.files)} files" + (f", golden {cfg.golden.name}" if cfg.golden else "")))
+    for name in cfg.files:
+        out.print(escape(f"  + {name}"))
+    if left_out:
+        out.print(f"left out ({len(left_out)}):")
+        for name, why in left_out:
+            out.print(escape(f"  - {name}: {why}"))
     out.print("review it (repo, base_model, variants), then run `gemma-release publish DIR --dry-run`")
 
 
@@ -387,7 +435,7 @@ def publish(
     except HubError as e:
         err.print(f"[bold red]publish failed:[/] {escape(str(e))}")
         err.print("nothing was committed by this run; fix the cause and run publish again (uploaded files are reused)")
-        raise typer.Exit(1)
+        raise typer.Exit(2)  # the network or the Hub failed: exit 2, distinct from a failed check (1)
     if res.findings:
         err.print(escape(render(list(res.findings), "text")))
     if json_out:

@@ -14,6 +14,7 @@ Reporters: ``text`` (for people), ``json`` (a list of objects, stable keys) and
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Literal
 
@@ -118,8 +119,28 @@ def summary_line(findings: list[Finding]) -> str:
     return f"{verdict}: " + ", ".join(parts)
 
 
+# C0 controls, DEL, C1 controls and the bidirectional overrides (which reorder what a terminal shows).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_KEEP_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape_char(m: re.Match) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def printable(text: str, keep_lines: bool = False) -> str:
+    """``text`` with control characters taken from input shown as escapes (ESC -> ``\\x1b``); other unicode kept.
+
+    Text output goes to terminals and CI logs: a raw ESC or BEL from a card, a YAML key or a
+    file name could recolour, retitle or hide output. ``keep_lines`` keeps newlines and tabs
+    (for text that is already laid out in lines).
+    """
+    return (_CONTROL_KEEP_LINES if keep_lines else _CONTROL).sub(_escape_char, text)
+
+
 def render_text(findings: list[Finding]) -> str:
-    lines = [f"{f.location()} [{f.rule}] {f.severity}: {f.message}" for f in sort_findings(findings)]
+    lines = [f"{printable(f.location())} [{printable(f.rule)}] {f.severity}: {printable(f.message)}" for f in sort_findings(findings)]
     lines.append(summary_line(findings))
     return "\n".join(lines)
 

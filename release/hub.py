@@ -5,6 +5,16 @@ The endpoint and credentials are huggingface_hub's own settings: ``HF_ENDPOINT``
 ``HF_HOME``; ``HF_HUB_DISABLE_XET=1`` selects classic LFS uploads instead of Xet.
 An explicit ``token`` argument overrides them.
 
+Timeouts: no network operation (connect, each read, each write) waits longer than
+``GEMMA_RELEASE_HUB_TIMEOUT`` seconds (default 30; the CLI's ``--hub-timeout``
+sets it). huggingface_hub's shared client has no timeout of its own and many
+HfApi calls pass ``timeout=None``, so the bound is enforced in the client's
+transport (installed with ``huggingface_hub.set_client_factory``); shorter
+per-request timeouts (``HF_HUB_ETAG_TIMEOUT``, ``HF_HUB_DOWNLOAD_TIMEOUT``) still apply.
+A timeout or a refused connection is final (:class:`HubUnreachable`): huggingface_hub
+would otherwise retry it five times with back-off (about half a minute of sleeping)
+or fall back to a stale cached snapshot.
+
 Token hygiene: the token is handed to huggingface_hub and nowhere else. Every
 error leaving this module goes through :func:`scrub`, which removes the token
 (and anything shaped like a Hub token) from its text, and exceptions are
@@ -37,7 +47,92 @@ _CHUNK = 8 * 1024 * 1024
 
 
 class HubError(Exception):
-    """The Hub (or the network) failed: not the user's input. The CLI exits 1 with this message."""
+    """The Hub (or the network) failed: not the user's input, not a failed check. The CLI exits 2 with this message."""
+
+
+class HubUnreachable(OSError):
+    """A request timed out or could not connect. Deliberately not an httpx error, so nothing retries it."""
+
+    def __init__(self, kind: str, url: str, seconds: float):
+        self.kind, self.url, self.seconds = kind, url, seconds  # kind: "timeout" | "connect"
+        super().__init__(f"{kind} after {seconds:g} s: {url}" if kind == "timeout" else f"cannot connect: {url}")
+
+
+# --- timeouts ---------------------------------------------------------------------------------
+
+DEFAULT_TIMEOUT = 30.0
+TIMEOUT_ENV = "GEMMA_RELEASE_HUB_TIMEOUT"
+_timeout_installed: list[float] = []  # the bound currently installed in huggingface_hub's client factory
+_timeout_override: list[float] = []  # set by the CLI's --hub-timeout for this run
+
+
+def set_timeout(seconds: float | None) -> None:
+    """Override ``GEMMA_RELEASE_HUB_TIMEOUT`` for this process (None: back to the environment)."""
+    _timeout_override[:] = [] if seconds is None else [float(seconds)]
+
+
+def hub_timeout() -> float:
+    """Seconds any single network operation may take: ``--hub-timeout``, else ``GEMMA_RELEASE_HUB_TIMEOUT``, else 30."""
+    import math
+    import os
+
+    if _timeout_override:
+        return _timeout_override[0]
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"{TIMEOUT_ENV}={raw!r} is not a positive number of seconds")
+    return value
+
+
+def install_timeout(seconds: float | None = None) -> float:
+    """Make every request huggingface_hub sends give up after ``seconds`` (default :func:`hub_timeout`)."""
+    import httpx2
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils._http import default_client_factory
+
+    seconds = hub_timeout() if seconds is None else float(seconds)
+    if _timeout_installed == [seconds]:
+        return seconds
+
+    class BoundedTransport(httpx2.BaseTransport):
+        """Fills every missing per-request timeout with ``seconds`` and caps the others at it."""
+
+        def __init__(self, inner: httpx2.BaseTransport):
+            self.inner = inner
+
+        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            given = dict(request.extensions.get("timeout") or {})
+            request.extensions["timeout"] = {
+                k: seconds if given.get(k) is None else min(float(given[k]), seconds)
+                for k in ("connect", "read", "write", "pool")
+            }
+            url = f"{request.url.scheme}://{request.url.netloc.decode('ascii', 'replace')}{request.url.path}"
+            try:
+                return self.inner.handle_request(request)
+            except httpx2.TimeoutException:
+                raise HubUnreachable("timeout", url, seconds) from None
+            except httpx2.ConnectError as e:
+                raise HubUnreachable("connect", url, seconds) from e
+
+        def close(self) -> None:
+            self.inner.close()
+
+    def factory() -> httpx2.Client:
+        client = default_client_factory()
+        client.timeout = httpx2.Timeout(seconds)
+        client._transport = BoundedTransport(client._transport)  # noqa: SLF001 - httpx has no public setter
+        client._mounts = {k: (BoundedTransport(t) if t is not None else None) for k, t in client._mounts.items()}  # noqa: SLF001 - proxies
+        return client
+
+    set_client_factory(factory)
+    _timeout_installed[:] = [seconds]
+    return seconds
 
 
 def scrub(text: str, token: str | None = None) -> str:
@@ -73,7 +168,9 @@ class LocalFile:
 
 def hash_file(local: Path, path_in_repo: str) -> LocalFile:
     """Size, sha256 and git blob sha1 in one streaming pass."""
-    size = local.stat().st_size
+    from release.files import require_regular
+
+    size = require_regular(local, "release file").st_size  # a FIFO would block the read, a device never end
     sha256 = hashlib.sha256()
     sha1 = hashlib.sha1(b"blob %d\0" % size)
     with open(local, "rb") as f:
@@ -131,16 +228,40 @@ def translate_errors(action: str, repo_id: str, token: str | None = None) -> Ite
         raise HubError(f"{action} failed for {repo_id}: {first}") from None
     except (OSError, RuntimeError, ValueError) as e:
         # httpx network errors are OSError-like; huggingface_hub wraps LFS failures in RuntimeError.
-        cause = e.__cause__ or e.__context__
-        detail = f"{e}" + (f" ({cause})" if cause else "")
-        raise HubError(f"{action} failed for {repo_id}: {scrub(detail, token)}") from None
+        raise HubError(f"{action} failed for {repo_id}: {_network_detail(e, token)}") from None
     except Exception as e:  # noqa: BLE001 - e.g. httpx.HTTPError, which is not an OSError
-        raise HubError(f"{action} failed for {repo_id}: {scrub(f'{type(e).__name__}: {e}', token)}") from None
+        raise HubError(f"{action} failed for {repo_id}: {_network_detail(e, token)}") from None
+
+
+def _network_detail(e: BaseException, token: str | None) -> str:
+    """One line: what went wrong at the bottom of the chain (a timeout, a refused connection), scrubbed."""
+    chain, seen = [], set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen and len(chain) < 8:  # bounded: chains can loop
+        seen.add(id(cur))
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    names = " ".join(type(c).__name__ for c in chain).lower()
+    unreachable = next((c for c in chain if isinstance(c, HubUnreachable)), None)
+    if (unreachable is not None and unreachable.kind == "timeout") or (unreachable is None and "timeout" in names):
+        what = f"no answer within {_timeout_installed[0] if _timeout_installed else hub_timeout():g} s (timed out)"
+        hint = f"the endpoint accepted the connection but did not respond; raise the bound with --hub-timeout or {TIMEOUT_ENV}"
+    elif unreachable is not None or "connecterror" in names or any(isinstance(c, ConnectionRefusedError) for c in chain):
+        what = "cannot connect to the Hub endpoint (connection refused or unreachable)"
+        hint = "check HF_ENDPOINT and the network"
+    else:
+        first = next((str(c) for c in chain if str(c).strip()), type(e).__name__)
+        what, hint = f"{type(e).__name__}: {first}", None
+    from huggingface_hub import constants
+
+    text = f"{what} [{constants.ENDPOINT}]" + (f"; {hint}" if hint else "")
+    return scrub(" ".join(text.split()), token)
 
 
 def _api(token: str | None):  # -> HfApi
     from huggingface_hub import HfApi
 
+    install_timeout()
     return HfApi(token=token)
 
 
@@ -225,6 +346,13 @@ def upload_release(
         head = api.repo_info(repo_id, revision=revision).sha
     remote = remote_files(repo_id, revision, token) or {}
     changed = [f for f in files if not same_content(f, remote.get(f.path_in_repo))]
+    if tag:  # before any commit: a tag that already names another commit would fail only after the push
+        with translate_errors("reading the tags", repo_id, token):
+            existing = {t.name: t.target_commit for t in api.list_repo_refs(repo_id).tags}
+        if tag in existing and (changed or existing[tag] != head):
+            raise InputError(f"tag {tag!r} already exists on {repo_id} at commit {existing[tag]}, and this release would be "
+                             f"{'a new commit' if changed else f'commit {head}'}; nothing was uploaded",
+                             hint="choose a new tag, or delete the old one on the Hub first")
     pr_url = None
     if not changed:
         say(f"nothing to upload: the {len(files)} files already match {repo_id}@{revision} ({head})")
@@ -305,6 +433,7 @@ def download_for_verify(repo_id: str, revision: str | None = None, token: str | 
     """Download what ``verify`` needs (config, safetensors, tokenizer) into the HF cache; return the snapshot dir."""
     from huggingface_hub import snapshot_download
 
+    install_timeout()
     with translate_errors("downloading for verify", repo_id, token):
         path = snapshot_download(repo_id, revision=revision, allow_patterns=list(VERIFY_PATTERNS), token=token)
     p = Path(path)

@@ -30,6 +30,7 @@ import yaml
 from release.errors import InputError
 from release.files import atomic_write
 from release.resources import load_schema
+from release.safeyaml import load_yaml_file
 
 FILENAME = "release.yaml"
 SCHEMA = "release.schema.json"
@@ -115,10 +116,10 @@ def from_data(data: dict[str, Any], root: Path, path: Path | None = None) -> Rel
             revision=v.get("revision", "main"),
             file=v.get("file"),
             shards=v.get("shards"),
-            local_dir=(root / v["local_dir"]).resolve() if v.get("local_dir") else None,
+            local_dir=_inside(root, v["local_dir"], path, f"variants[{n}].local_dir") if v.get("local_dir") else None,
             description=v.get("description"),
         )
-        for v in data.get("variants", [])
+        for n, v in enumerate(data.get("variants", []))
     )
     g = data.get("gating") or {}
     return ReleaseConfig(
@@ -138,20 +139,16 @@ def from_data(data: dict[str, Any], root: Path, path: Path | None = None) -> Rel
     )
 
 
+MAX_RELEASE_YAML_BYTES = 256 * 1024  # a real release.yaml is a few KB
+
+
 def load(dir_or_file: Path) -> ReleaseConfig:
-    """Read ``DIR/release.yaml`` (or the given file). Never executes YAML tags (safe_load)."""
+    """Read ``DIR/release.yaml`` (or the given file) within the YAML limits; a duplicate key is an error."""
     p = Path(dir_or_file)
     path = p / FILENAME if p.is_dir() else p
-    if not path.is_file():
+    if not path.exists():
         raise InputError("no release.yaml here", path=path, hint="create one with `gemma-release init DIR`")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise InputError(f"not UTF-8 text ({e.reason})", path=path) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InputError(f"not valid YAML{where}: {getattr(e, 'problem', None) or e}", path=path) from None
+    data = load_yaml_file(path, MAX_RELEASE_YAML_BYTES, what="release.yaml")
     if not isinstance(data, dict):
         raise InputError("release.yaml must be a mapping of keys to values", path=path)
     return from_data(data, path.parent, path)
@@ -221,82 +218,6 @@ def write(cfg: ReleaseConfig, path: Path | None = None, overwrite: bool = False)
     validate_data(yaml.safe_load(text), path)
     atomic_write(path, text)
     return path
-
-
-# --- drafting a release.yaml from a directory (`gemma-release init`) ----------------------------
-
-WEIGHT_GLOBS = ("*.safetensors", "model.safetensors.index.json", "*.gguf")
-SIDE_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.model",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "adapter_config.json",
-    "README.md",
-    "NOTICE",
-    "NOTICE.md",
-    "TERMS.md",
-    "LICENSE",
-)
-GOLDEN_GLOBS = ("golden*.safetensors", "*.golden.safetensors", "goldens/*.safetensors")
-
-
-def _front_matter(readme: Path) -> dict[str, Any]:
-    """The card's YAML metadata, or {} when absent/unreadable (init only drafts; card check judges)."""
-    try:
-        text = readme.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return {}
-    m = re.match(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", text, re.S)
-    if not m:
-        return {}
-    try:
-        data = yaml.safe_load(m.group(1))
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def draft(root: Path, repo: str | None = None) -> ReleaseConfig:
-    """A starting config from what ``root`` holds: files present, card metadata, golden files."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError("not a directory", path=root)
-    goldens = sorted(p for g in GOLDEN_GLOBS for p in root.glob(g))
-    golden_names = {p.name for p in goldens}
-    files: list[str] = []
-    for pattern in WEIGHT_GLOBS:
-        hits = [p for p in root.glob(pattern) if p.name not in golden_names]
-        if hits:
-            files.append(pattern if any(c in pattern for c in "*?[") else hits[0].name)
-    files += [name for name in SIDE_FILES if (root / name).is_file()]
-    if not files:
-        raise InputError("found no model files (config.json, *.safetensors, README.md, ...) to publish", path=root)
-    meta = _front_matter(root / "README.md")
-    base = meta.get("base_model")
-    base_t = tuple(b for b in ([base] if isinstance(base, str) else base or []) if isinstance(b, str) and REPO_ID_RE.match(b))
-    relation = meta.get("base_model_relation")
-    if relation not in ("finetune", "adapter", "merge", "quantized"):
-        relation = "quantized" if list(root.glob("*.gguf")) else ("adapter" if (root / "adapter_config.json").is_file() else None)
-    name = re.sub(r"[^A-Za-z0-9._-]", "-", root.resolve().name).strip("-.") or "model"
-    return ReleaseConfig(
-        root=root,
-        repo=repo or f"your-org/{name}",
-        files=tuple(files),
-        base_model=base_t,
-        base_model_relation=relation if base_t else None,
-        golden=goldens[0] if goldens else None,
-    )
-
-
-def init(root: Path, repo: str | None = None, overwrite: bool = False) -> tuple[Path, ReleaseConfig]:
-    """Draft and write ``root/release.yaml``; refuses to overwrite unless asked."""
-    if repo is not None and not REPO_ID_RE.match(repo):
-        raise InputError(f"--repo {repo!r} is not of the form ORG/NAME")
-    cfg = draft(root, repo)
-    return write(cfg, overwrite=overwrite), cfg
 
 
 def as_json(cfg: ReleaseConfig) -> str:

@@ -44,6 +44,9 @@ MUTATIONS = {
     "CARD009": lambda root: (root / "README.md").write_text(
         (root / "README.md").read_text(encoding="utf-8") + "\n---\nlicense: mit\ntags:\n- extra\n---\n", encoding="utf-8"),
     "CARD010": _replace("base_model: google/gemma-2-9b\nbase_model_relation: finetune\n", ""),
+    "CARD011": _replace("(supervised fine-tuning).", "(supervised fine-tuning). The terms are in [LICENSE.md](LICENSE.md)."),
+    "CARD012": lambda root: (root / "release.yaml").write_text(
+        "repo: acme/gemma-2-9b-chat\nfiles: [config.json, NOTICE, LICENSE]\n", encoding="utf-8"),
     "GEMMA001": _replace("license: gemma", "license: mit"),
     "GEMMA002": _remove("NOTICE"),
     "GEMMA003": _remove("LICENSE"),

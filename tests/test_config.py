@@ -70,7 +70,8 @@ def test_current_rope_parameters_form():
 
 @pytest.mark.parametrize("edit, message", [
     (lambda r: r.update(model_type="mistral"), "unknown model_type 'mistral'"),
-    (lambda r: r.update(model_type="gemma4"), "Gemma 4"),
+    (lambda r: r.update(model_type="gemma3n"), "Gemma 3 family.*different architecture"),
+    (lambda r: r.update(model_type="embedding_gemma2"), "encoder"),
     (lambda r: r.update(num_key_value_heads=3), "multiple of num_key_value_heads"),
     (lambda r: r.update(hidden_size="big"), "hidden_size must be an integer"),
     (lambda r: r.update(hidden_activation="relu"), "not Gemma's GELU"),

@@ -27,7 +27,12 @@ from release.errors import InputError
 from release.weights.gguf_verify import BOUNDS, family, gguf_tolerance, verify_gguf
 from release.weights.gguf_reader import GGUFWeights, gguf_tensor_names
 from release.weights.golden import PromptSpec
-from tests.conftest import CASES, MODELS, golden_prompts
+from tests.conftest import CASES as ALL_CASES
+from tests.conftest import MODELS, golden_prompts
+
+# GGUF reading (release/) implements Gemma 1-3 only so far; the Gemma 4 tiny checkpoints
+# (gemma4_*) have no GGUF path yet, so these tests run over the Gemma 1-3 cases.
+CASES = [c for c in ALL_CASES if not c.startswith("gemma4")]
 from tests.gguf_fixtures import write_gguf
 
 TOL = 1e-4  # the reference's bar against transformers, kept for a lossless (F32) GGUF
@@ -320,8 +325,8 @@ base_model: google/gemma-2-2b
 base_model_relation: finetune
 files: [README.md]
 variants:
-  - {format: gguf, quant: Q8_0, repo: org/m-GGUF, file: m.Q8_0.gguf, local_dir: ../m-GGUF}
-  - {format: gguf, quant: F16, repo: org/m-GGUF, file: m.F16.gguf, local_dir: ../m-GGUF}
+  - {format: gguf, quant: Q8_0, repo: org/m-GGUF, file: m.Q8_0.gguf, local_dir: m-GGUF}
+  - {format: gguf, quant: F16, repo: org/m-GGUF, file: m.F16.gguf, local_dir: m-GGUF}
 """
 
 
@@ -331,8 +336,7 @@ def release(tmp_path):
     (tmp_path / "m-GGUF").mkdir()
     q8 = write_gguf(MODELS / case, tmp_path / "m-GGUF" / "m.Q8_0.gguf", "Q8_0")
     write_gguf(MODELS / case, tmp_path / "m-GGUF" / "m.F16.gguf", "F16")
-    d = tmp_path / "m"
-    d.mkdir()
+    d = tmp_path  # variants' local_dir lies inside the release directory (release.yaml confines every path)
     (d / "release.yaml").write_text(RELEASE_YAML)
     (d / "README.md").write_text("---\nlicense: gemma\n---\n# m\n")
     return d, q8

@@ -1,4 +1,4 @@
-"""The NumPy reference against goldens made by transformers (tests/make_goldens.py), all three generations."""
+"""The NumPy reference against goldens made by transformers (tests/make_goldens.py, make_goldens_gemma4.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from tests.conftest import CASES, GOLDENS, golden_arrays, golden_prompts
 TOL = 1e-4  # the issue's bar: max |Δlogit| <= 1e-4 on every case
 
 
-def test_all_six_cases_are_present():
+def test_all_cases_are_present():
     assert set(CASES) == {"gemma1_mqa_bf16", "gemma1_mha_f32", "gemma2_gqa_softcap", "gemma3_1b_style",
-                          "gemma3_rope_linear", "gemma3_nested"}
+                          "gemma3_rope_linear", "gemma3_nested",
+                          "gemma4_e2b_style", "gemma4_e4b_style", "gemma4_31b_style", "gemma4_26b_moe",
+                          "gemma4_per_layer_config", "gemma4_unified"}
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -125,7 +125,7 @@ def test_failure_mid_upload_leaves_previous_commit_and_rerun_completes(hub, env,
         r = run_cli(["publish", str(rel)], env, tmp_path)
     finally:
         del hub.state.fail["lfs_upload"]
-    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.returncode == 2, (r.stdout, r.stderr)  # the Hub failed: 2, not "a check failed" (1)
     assert "publish failed" in r.stderr and "Traceback" not in r.stderr
     assert _head(hub, "org/mid-upload") == before
     # the commit endpoint failing is the other way an upload dies: still no new commit
@@ -134,7 +134,7 @@ def test_failure_mid_upload_leaves_previous_commit_and_rerun_completes(hub, env,
         r = run_cli(["publish", str(rel)], env, tmp_path)
     finally:
         del hub.state.fail["commit"]
-    assert r.returncode == 1 and _head(hub, "org/mid-upload") == before
+    assert r.returncode == 2 and _head(hub, "org/mid-upload") == before
     # a re-run completes, reusing what the storage already holds
     puts_before = sum(1 for m, p in hub.state.requests if m == "PUT")
     r = run_cli(["publish", str(rel)], env, tmp_path)

@@ -199,9 +199,9 @@ base_model: google/gemma-2b
 base_model_relation: finetune
 files: [README.md]
 variants:
-  - {format: gguf, quant: Q4_K_M, repo: org/m-GGUF, file: m.Q4_K_M.gguf, local_dir: ../m-GGUF, description: "balanced | recommended"}
-  - {format: gguf, quant: q8_0, repo: org/m-GGUF, file: m-Q8_0/m-Q8_0-00001-of-00002.gguf, local_dir: ../m-GGUF}
-  - {format: gptq, quant: 4bit-128g, repo: org/m-GPTQ, revision: gptq-4bit-128g, local_dir: ../m-GPTQ}
+  - {format: gguf, quant: Q4_K_M, repo: org/m-GGUF, file: m.Q4_K_M.gguf, local_dir: m-GGUF, description: "balanced | recommended"}
+  - {format: gguf, quant: q8_0, repo: org/m-GGUF, file: m-Q8_0/m-Q8_0-00001-of-00002.gguf, local_dir: m-GGUF}
+  - {format: gptq, quant: 4bit-128g, repo: org/m-GPTQ, revision: gptq-4bit-128g, local_dir: m-GPTQ}
 """
 
 
@@ -209,8 +209,7 @@ variants:
 def release_dir(tmp_path, gguf_repo):
     _write(tmp_path / "m-GPTQ/model.safetensors", 3_000)
     _write(tmp_path / "m-GPTQ/config.json", 100)
-    d = tmp_path / "m"
-    d.mkdir()
+    d = tmp_path  # variants' local_dir must lie inside the release directory (release.yaml confines every path)
     (d / "release.yaml").write_text(RELEASE_YAML)
     (d / "README.md").write_text("---\nlicense: gemma\n---\n# m\n\nSome text.\n")
     return d

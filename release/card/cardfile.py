@@ -192,17 +192,9 @@ def _further_blocks(lines: list[str], close_idx: int) -> list[tuple[int, int]]:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        size = path.stat().st_size
-        if size > MAX_CARD_BYTES:
-            raise InputError(f"card is {size} bytes, more than the {MAX_CARD_BYTES} byte limit", path)
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError("no such file", path) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, not a card", path) from None
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror or e}", path) from None
+    from release.files import read_regular_bytes
+
+    raw = read_regular_bytes(path, MAX_CARD_BYTES, "card")  # a FIFO or device is refused, never opened
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -27,6 +27,7 @@ from release.card import terms
 from release.errors import InputError
 from release.files import atomic_write
 from release.findings import Finding, Rule, register_rules
+from release.releaseset import ReleaseSet, resolve
 from release.card.cardfile import Card, CardData, _card_file, _dump, _read_text, load_card, parse_card  # noqa: F401  (re-exported)
 from release.resources import load_schema
 
@@ -43,6 +44,8 @@ register_rules(
     Rule("CARD008", "warning", "placeholder left in the card (model-index named 'out', empty results, 'type: unknown', TODO, ...)"),
     Rule("CARD009", "error", "more than one front-matter block (the Hub reads only the first; the rest renders as text)"),
     Rule("CARD010", "warning", "card text names a base model but the metadata has no base_model"),
+    Rule("CARD011", "error", "the card links (relatively) to a file that is not in the release, so the link is dead on the Hub"),
+    Rule("CARD012", "error", "README.md is not in the release's files: the card would not be uploaded"),
 )
 
 # --- schema ---------------------------------------------------------------------------------
@@ -174,14 +177,14 @@ def license_findings(card: Card) -> list[Finding]:
                     card.display_path, card.line_of("/license"), "/license")]
 
 
-def relation_findings(card: Card, release_dir: Path | None) -> list[Finding]:
+def relation_findings(card: Card, rs: ReleaseSet | None) -> list[Finding]:
     """CARD007: base_model_relation missing where it can be inferred, or inconsistent."""
     m = card.metadata
     bases = m.base_models
     if not bases:
         return []
     rel = m.base_model_relation
-    inferred, why = _infer_relation(card, bases, release_dir)
+    inferred, why = _infer_relation(card, bases, rs)
     path, ptr = card.display_path, "/base_model_relation"
     line = card.line_of(ptr) if rel is not None else card.line_of("/base_model")
     if rel is None and inferred:
@@ -197,16 +200,16 @@ _QUANT_TAGS = {"gguf", "quantized", "gptq", "awq", "exl2", "4-bit", "8-bit", "bi
 _ADAPTER_TAGS = {"lora", "qlora", "peft", "adapter"}
 
 
-def _infer_relation(card: Card, bases: list[str], release_dir: Path | None) -> tuple[str | None, str]:
+def _infer_relation(card: Card, bases: list[str], rs: ReleaseSet | None) -> tuple[str | None, str]:
     m = card.metadata
     tags = {t.lower() for t in m.tag_list}
     if len(bases) >= 2:
         return "merge", f"{len(bases)} base models are listed"
-    if release_dir is not None and (release_dir / "adapter_config.json").is_file():
+    if rs is not None and "adapter_config.json" in rs:
         return "adapter", "the release has adapter_config.json"
     if str(m.library_name or "").lower() == "peft" or tags & _ADAPTER_TAGS:
         return "adapter", "library_name is peft" if str(m.library_name or "").lower() == "peft" else "the tags say it is an adapter"
-    if release_dir is not None and any(release_dir.glob("*.gguf")):
+    if rs is not None and rs.with_suffix(".gguf"):
         return "quantized", "the release holds .gguf files"
     if tags & _QUANT_TAGS or str(m.library_name or "").lower() == "gguf":
         return "quantized", "the tags / library say it is quantized"
@@ -313,6 +316,48 @@ def named_base_models(body: str) -> list[tuple[str, int]]:
     return list(found.items())
 
 
+# [text](target "title"), ![alt](target), <a href="target">, <img src="target">, [label]: target
+_LINKS = [
+    re.compile(r"!?\[(?:[^\]\n]|\][^(\n])*\]\(\s*<?([^)\s>]+)>?(?:\s+[\"'(][^)]*)?\)"),
+    re.compile(r"<(?:a|img|link)\b[^>]*?\b(?:href|src)\s*=\s*[\"']([^\"']+)[\"']", re.IGNORECASE),
+    re.compile(r"^\s{0,3}\[[^\]\n]+\]:\s*<?(\S+?)>?(?:\s|$)", re.MULTILINE),
+]
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:|^//|^#|^\?")
+
+
+def relative_links(body: str) -> list[tuple[str, int]]:
+    """(path, 0-based offset) of every link in Markdown/HTML that points into the repo itself."""
+    from urllib.parse import unquote
+
+    out = []
+    for pattern in _LINKS:
+        for m in pattern.finditer(body):
+            target = m.group(1).strip()
+            if not target or _SCHEME.match(target):
+                continue  # absolute URL, mailto:, in-page anchor
+            path = unquote(target.split("#", 1)[0].split("?", 1)[0]).removeprefix("./")
+            if path.startswith("/"):
+                continue  # site-absolute: another page of the Hub
+            if path.startswith(("blob/", "resolve/", "tree/", "raw/")):  # `resolve/main/LICENSE` style
+                path = path.split("/", 2)[2] if path.count("/") >= 2 else ""
+            if not path or ".." in path.split("/") or path.endswith("/"):
+                continue  # another repo, or a folder
+            out.append((path, m.start(1)))
+    return sorted(set(out), key=lambda x: x[1])
+
+
+def link_findings(card: Card, rs: ReleaseSet) -> list[Finding]:
+    """CARD011: a relative link in the card to a file the release does not upload."""
+    findings = []
+    for target, offset in relative_links(card.body):
+        if target in rs:
+            continue
+        where = "is left out of the release's files" if (rs.root / target).is_file() else "does not exist"
+        findings.append(Finding("CARD011", "error", f"the card links to {target!r}, which {where}; the link will be dead on the Hub",
+                                card.display_path, card.body_line + terms.line_at(card.body, offset) - 1))
+    return findings
+
+
 def derivative_findings(card: Card) -> list[Finding]:
     """CARD010: the text names a base model but there is no base_model."""
     if card.metadata.base_models or card.missing or card.metadata_unreadable:
@@ -331,10 +376,10 @@ def derivative_findings(card: Card) -> list[Finding]:
 _FIRST_HEADING = re.compile(r"^\s*#{1,2}\s+(.+)$", re.MULTILINE)
 
 
-def infer_lineage(card: Card, release_dir: Path | None = None) -> terms.Lineage:
+def infer_lineage(card: Card, rs: ReleaseSet | None = None) -> terms.Lineage:
     """The base model's Gemma generation: config.json first (the weights), then base_model, then the card."""
-    if release_dir is not None and (release_dir / "config.json").is_file():
-        lin = terms.lineage_from_config(release_dir / "config.json")
+    if rs is not None and "config.json" in rs:
+        lin = terms.lineage_from_config(rs.files["config.json"].local)
         if lin.is_gemma:
             return lin
     lin = terms.lineage_from_repo_ids(card.metadata.base_models, "base_model")
@@ -357,15 +402,17 @@ def infer_lineage(card: Card, release_dir: Path | None = None) -> terms.Lineage:
     return terms.NOT_GEMMA
 
 
-def check_card(card: Card, release_dir: Path | None = None) -> list[Finding]:
-    """Every CARD and GEMMA finding for a parsed card (and its release directory, if any)."""
+def check_card(card: Card, rs: ReleaseSet | None = None) -> list[Finding]:
+    """Every CARD and GEMMA finding for a parsed card (and the release set it ships in, if any)."""
     findings = structure_findings(card)
     findings += schema_findings(card)
     findings += license_findings(card)
-    findings += relation_findings(card, release_dir)
+    findings += relation_findings(card, rs)
     findings += placeholder_findings(card)
     findings += derivative_findings(card)
-    findings += terms.check_terms(card, infer_lineage(card, release_dir), release_dir)
+    if rs is not None:
+        findings += link_findings(card, rs)
+    findings += terms.check_terms(card, infer_lineage(card, rs), rs)
     return findings
 
 
@@ -381,12 +428,30 @@ def check_path(path: Path | str) -> list[Finding]:
     """
     p = Path(path)
     readme, release_dir = _card_file(p)
-    if release_dir is not None and not readme.exists():
+    if release_dir is None:
+        return check_card(parse_card(_read_text(readme), readme))
+    return check_release_set(resolve(release_dir))
+
+
+def check_release_set(rs: ReleaseSet) -> list[Finding]:
+    """Card and Terms of Use findings for a release set: its README.md, judged with the set's files only.
+
+    The card is read from the directory even when the set leaves it out (CARD012 says so):
+    a release without its card uploads no licence information at all.
+    """
+    readme = rs.root / "README.md"
+    findings: list[Finding] = []
+    if not readme.exists():
         card = parse_card("", readme)
         card.missing = True
     else:
         card = parse_card(_read_text(readme), readme)
-    return check_card(card, release_dir)
+        if "README.md" not in rs:
+            findings.append(Finding("CARD012", "error", "README.md is not in the release's files: the card (and its licence) would not be uploaded",
+                                    str(rs.config.path if rs.config else readme)))
+    findings += check_card(card, rs)
+    note = rs.left_out_finding()
+    return findings + ([note] if note else [])
 
 
 def fix_card(path: Path | str) -> list[str]:
@@ -402,7 +467,8 @@ def fix_card(path: Path | str) -> list[str]:
     text = _read_text(readme) if readme.exists() else ""
     card = parse_card(text, readme)
     _refuse_unfixable(card)
-    lineage = infer_lineage(card, release_dir)
+    rs = resolve(release_dir) if release_dir is not None else None
+    lineage = infer_lineage(card, rs)
     if not lineage.is_gemma:
         return []
     changes: list[str] = []
@@ -413,20 +479,25 @@ def fix_card(path: Path | str) -> list[str]:
         new_text = set_metadata(card, updates)
         changes += [f"{readme}: set {k}: {v}" for k, v in updates.items()]
 
-    section = _missing_section(card, lineage, release_dir)
+    section = _missing_section(card, lineage, rs)
     if section:
         new_text = _append_section(new_text, section)
         changes.append(f"{readme}: added a '{terms.TERMS_SECTION_HEADING.lstrip('# ')}' section ({_describe_section(section)})")
 
+    # NOTICE first, then the card: an interrupt between the two never leaves a fixed card without its NOTICE.
+    if rs is not None and lineage.under_terms:
+        notice_findings = [f for f in terms.check_terms(parse_card(new_text, readme), lineage, rs) if f.rule == "GEMMA002"]
+        if notice_findings:
+            notice = terms.write_notice(rs.root)
+            changes.append(f"{notice}: added the required NOTICE sentence")
+            rel = notice.relative_to(rs.root).as_posix()
+            if rs.config is not None and resolve(rs.root).get(rel) is None:
+                changes.append(f"{rs.config.path}: add {rel!r} to files, or the NOTICE will not be uploaded (card check reports GEMMA002 until then)")
     if new_text != text:
         try:
             atomic_write(readme, new_text)
         except OSError as e:
             raise InputError(f"cannot write the card: {e}", readme) from None
-    if release_dir is not None and lineage.under_terms:
-        notice_findings = [f for f in terms.check_terms(parse_card(new_text, readme), lineage, release_dir) if f.rule == "GEMMA002"]
-        if notice_findings:
-            changes.append(f"{terms.write_notice(release_dir)}: added the required NOTICE sentence")
     return changes
 
 
@@ -456,15 +527,15 @@ def _license_updates(meta: CardData, lineage: terms.Lineage) -> dict[str, Any]:
     return {"license": "gemma"}
 
 
-def _missing_section(card: Card, lineage: terms.Lineage, release_dir: Path | None) -> str:
+def _missing_section(card: Card, lineage: terms.Lineage, rs: ReleaseSet | None) -> str:
     text = card.text
     endorsement = [f for f in terms.check_terms(card, lineage, None) if f.rule == "GEMMA006" and f.severity == "error"]
     if not lineage.under_terms:
         return terms.terms_section(restrictions=False, modification=False, disclaimer=bool(endorsement), link=False)
     modified = bool(card.metadata.base_models) or terms.says_weights_modified(card.body) or (
-        release_dir is not None and ((release_dir / "adapter_config.json").is_file() or any(release_dir.glob("*.gguf"))))
-    no_copy = release_dir is not None and any(
-        f.rule == "GEMMA003" and f.severity == "error" for f in terms.check_terms(card, lineage, release_dir))
+        rs is not None and terms.adapter_or_gguf(rs))
+    no_copy = rs is not None and any(
+        f.rule == "GEMMA003" and f.severity == "error" for f in terms.check_terms(card, lineage, rs))
     return terms.terms_section(
         restrictions=not terms.mentions_use_restrictions(text),
         modification=modified and not terms.states_modification(text),
@@ -527,7 +598,14 @@ def set_metadata(card: Card, updates: dict[str, Any]) -> str:
 
 
 def check_release_card(path: Path | str, hub: object = None) -> list[Finding]:
-    """What `card check` reports: card and Terms of Use findings plus the variant-table (QUANT) findings."""
+    """What `card check` reports: card and Terms of Use findings plus the variant-table (QUANT) findings.
+
+    For a release directory both judge its release set (release.yaml's files, or the whole directory).
+    """
     from release.card.variants import check_variants  # variants builds on card parsing, so import it late
 
-    return check_path(path) + check_variants(path, hub=hub)
+    p = Path(path)
+    if not p.is_dir():
+        return check_path(p) + check_variants(p, hub=hub)
+    rs = resolve(p)
+    return check_release_set(rs) + check_variants(p, rs.config, hub=hub, release_set=rs)

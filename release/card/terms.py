@@ -27,8 +27,9 @@ from typing import Any, Iterable
 
 from gemma_ref.config import GENERATION_OF_MODEL_TYPE
 from release.card.cardfile import Card
+from release.releaseset import ReleaseSet
 from release.errors import InputError
-from release.files import atomic_write
+from release.files import atomic_write, read_text_file
 from release.findings import Finding, Rule, register_rules
 
 
@@ -220,8 +221,8 @@ def license_ok(meta: dict[str, Any], lineage: Lineage) -> bool:
     return lic == "other" and meta.get("license_name") == TERMS_LICENSE_NAME and link.split("://")[-1] == TERMS_URL.split("://")[-1]
 
 
-def check_terms(card: Card, lineage: Lineage, release_dir: Path | None = None) -> list[Finding]:
-    """Every GEMMA rule for `card` (and, for a release directory, its files)."""
+def check_terms(card: Card, lineage: Lineage, rs: ReleaseSet | None = None) -> list[Finding]:
+    """Every GEMMA rule for `card` (and, for a release, the files of its release set)."""
     findings: list[Finding] = []
     if not lineage.is_gemma:
         return findings
@@ -248,7 +249,7 @@ def check_terms(card: Card, lineage: Lineage, release_dir: Path | None = None) -
         findings.append(Finding("GEMMA004", "error",
                                 f"card does not pass on the Section 3.2 use restrictions; link the Prohibited Use Policy ({PROHIBITED_USE_URL}) and say it applies to this model",
                                 path, card.body_line))
-    modified = bool(meta.get("base_model")) or says_weights_modified(card.body) or (release_dir is not None and _adapter_or_gguf(release_dir))
+    modified = bool(meta.get("base_model")) or says_weights_modified(card.body) or (rs is not None and adapter_or_gguf(rs))
     if modified and not states_modification(text):
         findings.append(Finding("GEMMA005", "error",
                                 "the weights are modified from Gemma but nothing states that the files were modified (Section 3.1 asks for a prominent notice)",
@@ -257,8 +258,8 @@ def check_terms(card: Card, lineage: Lineage, release_dir: Path | None = None) -
     iso, written, line = terms_copy_date(text)
     if iso or written:
         findings.append(_version_finding(iso, written, path, line))
-    if release_dir is not None:
-        findings.extend(_release_files(release_dir, card, has_copy_in_card=bool(written)))
+    if rs is not None:
+        findings.extend(_release_files(rs, card, has_copy_in_card=bool(written)))
     return findings
 
 
@@ -289,39 +290,47 @@ _TERMS_FILE = re.compile(r"^(?:license|licence|terms|gemma|copying|notice|use[_-
 _MAX_SCAN = 2 * 1024 * 1024  # license files are small; don't read weights or datasets
 
 
-def _small_text(p: Path) -> str | None:
+def _read_left_out(p: Path) -> str:
     try:
-        if not p.is_file() or p.stat().st_size > _MAX_SCAN:
-            return None
-        return p.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
+        return read_text_file(p, _MAX_SCAN)
+    except InputError:
+        return ""
 
 
-def _adapter_or_gguf(release_dir: Path) -> bool:
-    return (release_dir / "adapter_config.json").is_file() or any(release_dir.glob("*.gguf"))
+def adapter_or_gguf(rs: ReleaseSet) -> bool:
+    return "adapter_config.json" in rs or bool(rs.with_suffix(".gguf"))
 
 
-def _release_files(release_dir: Path, card: Card, has_copy_in_card: bool) -> list[Finding]:
-    """GEMMA002 (NOTICE) and GEMMA003/GEMMA007 (copy of the terms) for a release directory."""
+def _release_files(rs: ReleaseSet, card: Card, has_copy_in_card: bool) -> list[Finding]:
+    """GEMMA002 (NOTICE) and GEMMA003/GEMMA007 (copy of the terms) among the files the release uploads."""
     findings: list[Finding] = []
-    files = sorted(p for p in release_dir.iterdir() if p.is_file())
-    notices = [p for p in files if _NOTICE_NAME.match(p.name)]
+    release_dir = rs.root
+    files = rs.top_level()
+    notices = [f for f in files if _NOTICE_NAME.match(f.path)]
+    not_in_set = sorted(p for p, _ in rs.left_out if "/" not in p and _NOTICE_NAME.match(p))
     if not notices:
-        findings.append(Finding("GEMMA002", "error", f"no NOTICE file; add one containing: {NOTICE_TEXT} (gemma-release notice DIR writes it)",
-                                str(release_dir / "NOTICE")))
-    elif not any(notice_ok(_small_text(p) or "") for p in notices):
-        findings.append(Finding("GEMMA002", "error", f"NOTICE lacks the exact sentence: {NOTICE_TEXT}", str(notices[0]), 1))
+        left = f"; {', '.join(not_in_set)} is in the directory but not in the release's files" if not_in_set else ""
+        findings.append(Finding("GEMMA002", "error", f"no NOTICE file in the release{left}; add one containing: {NOTICE_TEXT} (gemma-release notice DIR writes it)",
+                                str(release_dir / (not_in_set[0] if not_in_set else "NOTICE"))))
+    elif not any(notice_ok(rs.read_text(f.path) or "") for f in notices):
+        findings.append(Finding("GEMMA002", "error", f"NOTICE lacks the exact sentence: {NOTICE_TEXT}", str(notices[0].local), 1))
 
     copy_found = has_copy_in_card
-    for p in files:
-        if p.name == card.path_name or not _TERMS_FILE.search(p.name):
+    for f in files:
+        if f.path == card.path_name or not _TERMS_FILE.search(f.path):
             continue
-        iso, written, line = terms_copy_date(_small_text(p) or "")
+        iso, written, line = terms_copy_date(rs.read_text(f.path, _MAX_SCAN) or "")
         if written:
             copy_found = True
-            findings.append(_version_finding(iso, written, str(p), line))
+            findings.append(_version_finding(iso, written, str(release_dir / f.path), line))
     if not copy_found:
+        left = [p for p, _ in rs.left_out if "/" not in p and _TERMS_FILE.search(p) and (rs.root / p).is_file()
+                and (rs.root / p).stat().st_size <= _MAX_SCAN and terms_copy_date(_read_left_out(rs.root / p))[1]]
+        if left:
+            findings.append(Finding("GEMMA003", "error",
+                                    f"the copy of the Gemma Terms of Use ({', '.join(left)}) is in the directory but not in the release's files; add it to files in release.yaml",
+                                    str(rs.config.path if rs.config else release_dir / left[0])))
+            return findings
         links = TERMS_URL.split("://")[-1] in card.text
         if links:
             findings.append(Finding("GEMMA003", "warning",

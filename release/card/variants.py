@@ -29,6 +29,7 @@ from typing import Callable, Iterable
 from urllib.parse import unquote, urlsplit
 
 from release.errors import InputError
+from release.files import atomic_write, read_text_file, require_regular
 from release.findings import Finding, Rule, register_rules
 
 register_rules(
@@ -621,12 +622,18 @@ class Fidelity:
         return f"{self.mean_kl:.2g} nats, {self.top1:.1%}" + ("" if self.ok else " (fails its bounds)")
 
 
+MAX_REPORT_BYTES = 64 * 1024 * 1024  # verify's reports are a few KB
+
+
 def load_fidelity(paths: Iterable[str | os.PathLike]) -> dict[str, Fidelity]:
     """File name -> Fidelity from verify's JSON reports; InputError for anything else (or two reports of one file)."""
     found: dict[str, Fidelity] = {}
     for p in map(Path, paths):
+        if not p.exists():
+            raise InputError("fidelity report not found", path=p)
+        text = read_text_file(p, MAX_REPORT_BYTES, "fidelity report")  # a FIFO is refused, never opened
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = json.loads(text)
             if data.get("kind") != "gguf":
                 raise ValueError("not the report of `verify X.gguf --against MODEL_DIR`")
             f = Fidelity(file=str(data["variant"]["file"]), quant=str(data["variant"].get("quant") or ""),
@@ -726,18 +733,33 @@ def current_table(card_text: str) -> tuple[str, int] | None:
 def _card_path(card_path_or_dir: Path) -> Path:
     p = Path(card_path_or_dir)
     card = p / "README.md" if p.is_dir() else p
-    if not card.is_file():
+    if not card.exists():
         raise InputError("no model card (README.md) found", path=card)
+    require_regular(card, "model card")
     return card
 
 
-def listing_for(cfg, hub: object, own_dir: Path) -> Listing | None:  # noqa: ANN001
-    """Local directories first (the release itself, variants' local_dir), then the Hub when allowed."""
+def _card_text(card: Path) -> str:
+    """The card's text: a regular file, size-bounded, UTF-8 (InputError naming it otherwise)."""
+    from release.card.cardfile import _read_text
+
+    return _read_text(card)
+
+
+def listing_for(cfg, hub: object, own_dir: Path, release_set=None) -> Listing | None:  # noqa: ANN001
+    """Local files first (the release's own set, variants' local_dir), then the Hub when allowed."""
     dirs: dict[str, Path] = {}
     if cfg is not None:
         dirs[cfg.repo] = own_dir
         dirs.update({v.repo: v.local_dir for v in cfg.variants if v.local_dir})
-    local = local_listing(dirs)
+    own = release_set.listing() if release_set is not None else None
+    by_dir = local_listing(dirs)
+
+    def local(repo: str, revision: str) -> dict[str, int] | None:
+        if own is not None and cfg is not None and repo == cfg.repo:
+            return own  # the release's own repo will hold exactly the release set
+        return by_dir(repo, revision)
+
     remote: Listing | None
     if hub is True:
         from release.hub import variant_listing
@@ -764,10 +786,10 @@ def _metadata(text: str) -> tuple[dict, int | None]:
     return fm.data or {}, fm.open_line
 
 
-def _is_quantized_release(card_dir: Path, cfg) -> bool:  # noqa: ANN001
+def _is_quantized_release(card_dir: Path, cfg, release_set=None) -> bool:  # noqa: ANN001
     if cfg is not None and cfg.base_model_relation == "quantized":
         return True
-    if any(card_dir.glob("*.gguf")):
+    if release_set.with_suffix(".gguf") if release_set is not None else any(card_dir.glob("*.gguf")):
         return True
     config = card_dir / "config.json"
     if config.is_file() and config.stat().st_size < 1_000_000:
@@ -779,9 +801,9 @@ def _is_quantized_release(card_dir: Path, cfg) -> bool:  # noqa: ANN001
     return False
 
 
-def relation_findings(card_text: str, card_dir: Path, cfg, path: str) -> list[Finding]:  # noqa: ANN001
+def relation_findings(card_text: str, card_dir: Path, cfg, path: str, release_set=None) -> list[Finding]:  # noqa: ANN001
     """QUANT008: a quantized release's card names its base model and the 'quantized' relation."""
-    if not _is_quantized_release(card_dir, cfg):
+    if not _is_quantized_release(card_dir, cfg, release_set):
         return []
     meta, line = _metadata(card_text)
     out = []
@@ -793,20 +815,18 @@ def relation_findings(card_text: str, card_dir: Path, cfg, path: str) -> list[Fi
     return out
 
 
-def check_variants(card_path_or_dir: Path | str, release_cfg=None, hub: object = None) -> list[Finding]:  # noqa: ANN001
+def check_variants(card_path_or_dir: Path | str, release_cfg=None, hub: object = None, release_set=None) -> list[Finding]:  # noqa: ANN001
     """Every QUANT finding for a card (README.md) or a release directory.
 
     ``release_cfg``: a :class:`release.release_yaml.ReleaseConfig`; when None and a
     ``release.yaml`` sits next to the card, it is loaded. ``hub``: None (offline:
     only local directories are listed), True (list through huggingface_hub), or a
-    callable ``(repo, revision) -> {path: size} | None``.
+    callable ``(repo, revision) -> {path: size} | None``. ``release_set``: the
+    :class:`release.releaseset.ReleaseSet` whose files stand for the release's own repo.
     """
     card = _card_path(Path(card_path_or_dir))
     path = str(card)
-    try:
-        text = card.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"not UTF-8 text ({e.reason})", path=card) from None
+    text = _card_text(card)
     if release_cfg is None and (card.parent / "release.yaml").is_file():
         from release import release_yaml
 
@@ -816,7 +836,7 @@ def check_variants(card_path_or_dir: Path | str, release_cfg=None, hub: object =
     findings: list[Finding] = []
     for row in rows:
         findings.extend(static_findings(row, path))
-    listing = listing_for(release_cfg, hub, card.parent)
+    listing = listing_for(release_cfg, hub, card.parent, release_set)
     unchecked = 0
     for row in rows:
         if row.target is None or row.placeholder is not None:
@@ -828,7 +848,7 @@ def check_variants(card_path_or_dir: Path | str, release_cfg=None, hub: object =
     if unchecked:
         findings.append(Finding("QUANT010", "info", f"{unchecked} variant link(s) not checked against files (no local copy; check with Hub access)", path=path))
     findings.extend(_table_findings(text, release_cfg, listing, path))
-    findings.extend(relation_findings(text, card.parent, release_cfg, path))
+    findings.extend(relation_findings(text, card.parent, release_cfg, path, release_set))
     return findings
 
 
@@ -866,11 +886,9 @@ def write_table(release_dir: Path, hub: object = None, fidelity: dict[str, Fidel
     listing = listing_for(cfg, hub, card.parent)
     if listing is None:
         raise InputError("no variant has a local_dir and Hub access is off; pass --hub", path=cfg.path)
-    text = card.read_text(encoding="utf-8")
+    text = _card_text(card)
     new = insert_table(text, generate_table(cfg, listing, fidelity))
     if new == text:
         return card, False
-    tmp = card.with_name(f".{card.name}.tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, card)
+    atomic_write(card, new, "model card")  # unique temp name, removed on failure; a symlinked card keeps its link
     return card, True

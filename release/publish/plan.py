@@ -2,21 +2,22 @@
 
 Order of work (the contract in DESIGN.md):
 
-1. read ``release.yaml`` and collect the files its globs name (paths stay inside DIR);
-2. run every check offline: card + Terms of Use (:func:`release.card.rules.check_path`),
-   variant tables (:func:`release.card.variants.check_variants`), ``verify`` against the
-   golden file when one is named; with network allowed, variant links are also
+1. resolve the release set once (:func:`release.releaseset.resolve`): the exact files
+   ``release.yaml`` selects, paths inside DIR;
+2. run every check on that set, offline: card + Terms of Use (NOTICE and the terms copy
+   must be *in the set*), variant tables, ``verify`` against the golden file on a staged
+   view holding only the set's files; with network allowed, variant links are also
    checked against the Hub listing;
 3. on any error: report, upload nothing (exit 1);
 4. ``--dry-run``: print the plan (files, sizes, sha256, destination, revision, message), no network;
-5. otherwise :func:`release.hub.upload_release`: one commit of the changed files,
-   post-upload validation of sizes and hashes at the new commit, optional tag.
+5. otherwise :func:`release.hub.upload_release`: refuse a ``--tag`` that points elsewhere,
+   one commit of exactly the set's changed files, post-upload validation of sizes and
+   hashes at the new commit, then the tag.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,19 +26,16 @@ from typing import Callable
 from release import release_yaml
 from release.errors import InputError
 from release.findings import Finding, Rule, has_errors, register_rules
-from release.hub import LocalFile, UploadResult, hash_file
+from release.hub import LocalFile, UploadResult
+from release.releaseset import ReleaseSet, resolve
 
 register_rules(
-    Rule("PUBLISH001", "error", "a files pattern in release.yaml matches no file"),
     Rule("PUBLISH003", "error", "the golden file named in release.yaml does not exist"),
     Rule("PUBLISH010", "error", "after the upload, a file (or the whole listing) is missing on the Hub"),
     Rule("PUBLISH011", "error", "after the upload, a file's size on the Hub differs from the local file"),
     Rule("PUBLISH012", "error", "after the upload, a file's content (LFS sha256 / git blob id) differs on the Hub"),
     Rule("PUBLISH013", "error", "the release was committed but tagging it failed"),
 )
-
-# Files never published, whatever the globs say: tool state and the release description itself.
-NEVER_PUBLISH = (".git/*", ".cache/*", "*.tmp", ".DS_Store")
 
 
 @dataclass(frozen=True)
@@ -65,6 +63,7 @@ class Plan:
     files: list[LocalFile]
     findings: list[Finding] = field(default_factory=list)
     gated: bool | str = False  # turn on access requests ("auto" / "manual")
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # directory files not uploaded, with why
 
     @property
     def ok(self) -> bool:
@@ -80,36 +79,15 @@ class Plan:
             "tag": self.tag,
             "gated": self.gated,
             "files": [{"path": f.path_in_repo, "size": f.size, "sha256": f.sha256} for f in self.files],
+            "left_out": [{"path": p, "why": why} for p, why in self.left_out],
             "findings": [f.to_dict() for f in self.findings],
         }
 
 
-def collect_files(cfg: release_yaml.ReleaseConfig) -> tuple[list[tuple[str, Path]], list[Finding]]:
-    """(path_in_repo, local path) for every file the globs name, sorted; a finding per empty pattern."""
-    root = cfg.root.resolve()
-    chosen: dict[str, Path] = {}
-    findings: list[Finding] = []
-    for pattern in cfg.files:
-        if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
-            raise InputError(f"files pattern {pattern!r} must be relative to the release directory", path=cfg.path)
-        hits = [Path(p) for p in glob.glob(pattern, root_dir=root, recursive=True)]
-        hits = [h for h in hits if (root / h).is_file()]
-        if not hits:
-            findings.append(Finding("PUBLISH001", "error", f"files pattern {pattern!r} matches no file", path=str(cfg.path)))
-        for h in hits:
-            rel = h.as_posix()
-            real = (root / h).resolve()
-            if root not in real.parents:
-                raise InputError(f"{rel} resolves outside the release directory (symlink?)", path=cfg.path)
-            if any(Path(rel).match(x) for x in (*cfg.exclude, *NEVER_PUBLISH)):
-                continue
-            chosen[rel] = real
-    return sorted(chosen.items()), findings
-
-
-def _verify(cfg: release_yaml.ReleaseConfig) -> list[Finding]:
-    """Logit comparison against the golden file named in release.yaml."""
-    if cfg.golden is None:
+def _verify(rs: ReleaseSet) -> list[Finding]:
+    """Logit comparison against the golden file named in release.yaml, on exactly the set's files."""
+    cfg = rs.config
+    if cfg is None or cfg.golden is None:
         return []
     if not cfg.golden.is_file():
         return [Finding("PUBLISH003", "error", f"golden file {cfg.golden} named in release.yaml does not exist", path=str(cfg.path))]
@@ -119,39 +97,47 @@ def _verify(cfg: release_yaml.ReleaseConfig) -> list[Finding]:
     unknown = sorted(set(cfg.tolerances) - known)
     if unknown:
         raise InputError(f"tolerances: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})", path=cfg.path)
-    report = verify_model(cfg.root, cfg.golden, tol=Tolerance(**cfg.tolerances))
-    return list(report.findings)
+    with rs.staged() as staged:  # only what will be uploaded: a weight file left out of `files` is missing here too
+        report = verify_model(staged, cfg.golden, tol=Tolerance(**cfg.tolerances))
+        prefix = str(staged)
+        return [dataclasses.replace(f, path=str(rs.root) + f.path[len(prefix):]) if f.path and f.path.startswith(prefix) else f
+                for f in report.findings]
 
 
-def run_checks(cfg: release_yaml.ReleaseConfig, hub: bool) -> list[Finding]:
-    """Every check: card, terms, variants (files; Hub listings when ``hub``), verify."""
-    from release.card.rules import check_path
+def run_checks(rs: ReleaseSet, hub: bool) -> list[Finding]:
+    """Every check on the release set: card, terms, variants (files; Hub listings when ``hub``), verify."""
+    from release.card.rules import check_release_set
     from release.card.variants import check_variants
 
-    findings = check_path(cfg.root)
-    findings += check_variants(cfg.root, cfg, hub=True if hub else None)
-    findings += _verify(cfg)
+    findings = list(rs.findings)
+    findings += check_release_set(rs)
+    if (rs.root / "README.md").is_file():  # without a card there is no variant table (check_release_set says so)
+        findings += check_variants(rs.root, rs.config, hub=True if hub else None, release_set=rs)
+    findings += _verify(rs)
     return findings
 
 
 def plan(release_dir: Path, opts: Options) -> Plan:
-    """Load, collect, hash and check; no upload. Network only for Hub variant listings when not a dry run."""
+    """Resolve the release set, hash it and check it; no upload. Network only for Hub listings when not a dry run."""
     release_dir = Path(release_dir)
     if not release_dir.is_dir():
         raise InputError("not a directory", path=release_dir)
-    cfg = release_yaml.load(release_dir)
+    if not (release_dir / release_yaml.FILENAME).exists():
+        raise InputError("no release.yaml here", path=release_dir / release_yaml.FILENAME, hint="create one with `gemma-release init DIR`")
+    rs = resolve(release_dir)
+    cfg = rs.config
     repo = opts.repo or cfg.repo
     if not release_yaml.REPO_ID_RE.match(repo):
         raise InputError(f"repository {repo!r} is not of the form ORG/NAME")
     if opts.tag is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}", opts.tag):
         raise InputError(f"--tag {opts.tag!r} is not a valid tag name")
-    pairs, findings = collect_files(cfg)
-    files = [hash_file(local, rel) for rel, local in pairs]
-    findings = findings + run_checks(cfg, hub=not opts.dry_run)
+    findings = run_checks(rs, hub=not opts.dry_run)
+    files = rs.hashed()
     revision = opts.revision or cfg.revision
     message = opts.commit_message or cfg.commit_message or f"Release {repo.split('/')[1]} with gemma-release"
     private = cfg.private if opts.private is None else opts.private
-    return Plan(repo, revision, message, private, opts.create_pr, opts.tag, files, findings, gated=cfg.gating.gated)
+    return Plan(repo, revision, message, private, opts.create_pr, opts.tag, files, findings, gated=cfg.gating.gated,
+                left_out=list(rs.left_out))
 
 
 def execute(p: Plan, token: str | None, say: Callable[[str], None]) -> UploadResult:
@@ -186,4 +172,7 @@ def render_plan(p: Plan) -> str:
     ]
     width = max((len(f.path_in_repo) for f in p.files), default=0)
     rows = [f"  {f.path_in_repo:<{width}}  {f.size:>12}  sha256:{f.sha256}" for f in p.files]
+    if p.left_out:
+        rows.append(f"not uploaded ({len(p.left_out)}):")
+        rows += [f"  {path}  ({why})" for path, why in p.left_out]
     return "\n".join(head + rows)

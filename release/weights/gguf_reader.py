@@ -45,6 +45,7 @@ from gguf.gguf_writer import SHARD_NAME_FORMAT  # llama.cpp's part names: NAME-0
 from gemma_ref.config import FULL, SLIDING, GemmaConfig
 from gemma_ref.weights import expected_shapes
 from release.errors import InputError
+from release.files import require_regular
 from release.findings import Finding, Rule, register_rules
 
 register_rules(
@@ -96,8 +97,9 @@ def gguf_tensor_names(cfg: GemmaConfig) -> dict[str, str]:
 def open_gguf(path: str | os.PathLike) -> gguf.GGUFReader:
     """Open a GGUF file with llama.cpp's reader; InputError (naming the file) when it is not one."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise InputError("GGUF file not found", p)
+    require_regular(p, "GGUF file")  # GGUFReader memory-maps it: a FIFO would block, a device never ends
     try:
         return gguf.GGUFReader(p)
     except _READ_ERRORS as e:

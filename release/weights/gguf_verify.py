@@ -138,6 +138,9 @@ def verify_gguf(
     if not model_dir.is_dir():
         raise InputError("the original model path is not a directory", model_dir,
                          hint="--against takes the directory holding config.json and the safetensors")
+    from release.files import check_model_files
+
+    check_model_files(model_dir)  # a FIFO among them would block gemma_ref's readers
     cfg = load_config(model_dir)
     variant = GGUFWeights(gguf_path, cfg, norm_plus_one)  # structure problems: InputError, exit 2
     try:

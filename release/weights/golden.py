@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from release.errors import InputError
-from release.files import atomic_path
+from release.files import atomic_path, require_regular
 from release.resources import load_schema
 from release.weights.prompts import PromptSpec, parse_ids, tokenize_prompt_specs  # noqa: F401  (parse_ids re-exported)
 
@@ -144,6 +144,32 @@ def write_golden(golden: Golden, path: str | os.PathLike) -> Path:
     return path
 
 
+def sniff_golden(path: str | os.PathLike, header_limit: int = 1 << 20) -> bool:
+    """Whether ``path`` is a golden file, from its safetensors header alone (never the tensor data).
+
+    Used to keep goldens out of a release's weights whatever their name (`before.golden`,
+    `golden.safetensors`, ...). Anything unreadable or not safetensors is simply not a golden.
+    """
+    import stat
+    import struct
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) != 8:
+                return False
+            (n,) = struct.unpack("<Q", head)
+            if n > header_limit:
+                return False
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
 # --- reading ---------------------------------------------------------------------------------------
 
 
@@ -153,8 +179,9 @@ def read_golden(path: str | os.PathLike) -> Golden:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError("golden file not found", path)
+    require_regular(path, "golden file")  # safetensors would block opening a FIFO
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = dict(f.metadata() or {})

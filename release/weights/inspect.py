@@ -7,6 +7,7 @@ from typing import Any
 
 from gemma_ref.config import load_config, match_variant
 from gemma_ref.weights import Weights
+from release.files import check_model_files
 
 
 def _human_count(n: int) -> str:
@@ -26,6 +27,7 @@ def _human_bytes(n: int) -> str:
 def inspect_model(model_dir: str | Path) -> dict[str, Any]:
     """A JSON-safe summary; reads headers, never tensor data."""
     model_dir = Path(model_dir)
+    check_model_files(model_dir)  # a FIFO among them would block gemma_ref's readers
     cfg = load_config(model_dir)
     w = Weights(model_dir, cfg, check=False)
     try:

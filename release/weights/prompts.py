@@ -90,15 +90,17 @@ def select_prompts(ids: list[str] | None, path: str | os.PathLike | None) -> lis
     return [parse_ids(s, i) for i, s in enumerate(ids)] if ids else prompt_specs(path)
 
 
+MAX_PROMPTS_BYTES = 16 * 1024 * 1024  # prompts files are a few KB; this bounds a hostile one
+
+
 def load_prompts(path: str | os.PathLike) -> list[PromptSpec]:
     """Read a YAML or JSON prompts file; InputError (naming the place) when it is not valid."""
+    from release.files import read_text_file
+
     p = Path(path)
-    try:
-        raw = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("prompts file not found", p) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read the prompts file: {e}", p) from None
+    if not p.exists():
+        raise InputError("prompts file not found", p)
+    raw = read_text_file(p, MAX_PROMPTS_BYTES, "prompts file")  # a FIFO or device is refused, never opened
     data = _parse(raw, p)
     _validate(data, p)
     items = data["prompts"] if isinstance(data, dict) else data
@@ -117,14 +119,14 @@ def _parse(raw: str, path: Path) -> Any:
             return json.loads(raw)
         except json.JSONDecodeError as e:
             raise InputError(f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})", path) from None
-    import yaml
+    from release.safeyaml import parse_yaml  # bounded: size, aliases, depth, no tags; duplicate keys are errors
 
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise InputError(f"not valid YAML: {getattr(e, 'problem', None) or e}{where}", path) from None
+    doc = parse_yaml(raw, 0, MAX_PROMPTS_BYTES)
+    if doc.problems:
+        first = doc.problems[0]
+        where = f" (line {first.line})" if first.line else ""
+        raise InputError(f"not valid YAML: {first.message}{where}", path)
+    return doc.data
 
 
 def _validate(data: Any, path: Path) -> None:

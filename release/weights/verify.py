@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from release.errors import InputError
+from release.files import check_model_files
 from release.findings import Finding, Rule, has_errors, register_rules
 from release.weights.golden import Golden, GoldenPrompt, logsumexp, read_golden
 
@@ -256,6 +257,7 @@ def verify_model(
     golden = read_golden(golden_path)
     if not model_dir.is_dir():
         raise InputError("model path is not a directory", model_dir)
+    check_model_files(model_dir)  # a FIFO among them would block gemma_ref's readers
     cfg = load_config(model_dir)
     if golden.vocab_size != cfg.vocab_size:
         raise InputError(f"golden file was made for a vocabulary of {golden.vocab_size}, "
