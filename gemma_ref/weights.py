@@ -27,6 +27,13 @@ never converted whole (2.35B parameters on E2B); packed experts ``experts.gate_u
 time; no ``v_proj`` on K=V full layers; and, on KV-shared layers, leftover
 ``k_proj``/``v_proj``/``k_norm`` tensors that real E2B/E4B files keep and nothing uses (reported
 as info, like transformers' ``_keys_to_ignore_on_load_unexpected``).
+
+Gemma 3n (releases: ``model.language_model.``, towers under ``model.vision_tower.`` /
+``model.audio_tower.`` / ``model.embed_vision.`` / ``model.embed_audio.``, reported and skipped)
+adds per layer ``altup.{correct_output_scale, correction_coefs, prediction_coefs,
+modality_router, router_norm}`` and ``laurel.{linear_left, linear_right, post_laurel_norm}``,
+and globally ``altup_projections.{0,1,2}`` / ``altup_unembed_projections.{0,1,2}`` [D, D].
+VaultGemma is Gemma 2's layout without ``post_attention_layernorm`` / ``post_feedforward_layernorm``.
 """
 
 from __future__ import annotations
@@ -113,7 +120,7 @@ def list_checkpoint_files(model_dir: Path) -> list[Path]:
     single = model_dir / SINGLE_NAME
     if single.is_file():
         return [single]
-    others = sorted(model_dir.glob("*.safetensors"))
+    others = sorted(p for p in model_dir.glob("*.safetensors") if p.is_file())  # regular files only: a FIFO would block
     if len(others) == 1:
         return others
     if not others:
@@ -161,6 +168,8 @@ def detect_prefix(names: set[str] | dict, model_dir: Path) -> str:
 
 def expected_shapes(cfg: GemmaConfig) -> dict[str, tuple[int, ...]]:
     """Tensor name (without prefix) -> shape, for every tensor the text model needs."""
+    if cfg.altup_num_inputs:
+        return gemma3n_shapes(cfg)
     if cfg.generation >= 4:
         return gemma4_shapes(cfg)
     d, f, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
@@ -173,14 +182,16 @@ def expected_shapes(cfg: GemmaConfig) -> dict[str, tuple[int, ...]]:
             p + "self_attn.k_proj.weight": (cfg.kv_width, d),
             p + "self_attn.v_proj.weight": (cfg.kv_width, d),
             p + "self_attn.o_proj.weight": (d, cfg.q_width),
-            p + "post_attention_layernorm.weight": (d,),
             p + "mlp.gate_proj.weight": (f, d),
             p + "mlp.up_proj.weight": (f, d),
             p + "mlp.down_proj.weight": (d, f),
         })
+        if not cfg.sandwich_norms or cfg.post_norms:  # Gemma 1: the pre-MLP norm; Gemma 2/3: after attention
+            shapes[p + "post_attention_layernorm.weight"] = (d,)
         if cfg.sandwich_norms:
             shapes[p + "pre_feedforward_layernorm.weight"] = (d,)
-            shapes[p + "post_feedforward_layernorm.weight"] = (d,)
+            if cfg.post_norms:  # VaultGemma has none
+                shapes[p + "post_feedforward_layernorm.weight"] = (d,)
         if cfg.use_qk_norm:
             shapes[p + "self_attn.q_norm.weight"] = (hd,)
             shapes[p + "self_attn.k_norm.weight"] = (hd,)
@@ -234,9 +245,54 @@ def gemma4_shapes(cfg: GemmaConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def gemma3n_shapes(cfg: GemmaConfig) -> dict[str, tuple[int, ...]]:
+    """expected_shapes for Gemma 3n: Gemma 4's attention and PLE names, plus AltUp and LAuReL."""
+    d, P, L, H, n = (cfg.hidden_size, cfg.hidden_size_per_layer_input, cfg.num_hidden_layers,
+                     cfg.num_attention_heads, cfg.altup_num_inputs)
+    hd, kv, r = cfg.head_dim, cfg.kv_width, cfg.laurel_rank
+    shapes: dict[str, tuple[int, ...]] = {
+        "embed_tokens.weight": (cfg.vocab_size, d), "norm.weight": (d,),
+        "embed_tokens_per_layer.weight": (cfg.vocab_size_per_layer_input, L * P),
+        "per_layer_model_projection.weight": (L * P, d), "per_layer_projection_norm.weight": (P,),
+    }
+    for j in range(n - 1):
+        shapes[f"altup_projections.{j}.weight"] = (d, d)
+        shapes[f"altup_unembed_projections.{j}.weight"] = (d, d)
+    for i, s in enumerate(cfg.layers):
+        p, f = f"layers.{i}.", s.intermediate_size
+        shapes.update({
+            p + "input_layernorm.weight": (d,),
+            p + "self_attn.q_proj.weight": (H * hd, d),
+            p + "self_attn.q_norm.weight": (hd,),
+            p + "self_attn.o_proj.weight": (d, H * hd),
+            p + "post_attention_layernorm.weight": (d,),
+            p + "pre_feedforward_layernorm.weight": (d,),
+            p + "mlp.gate_proj.weight": (f, d),
+            p + "mlp.up_proj.weight": (f, d),
+            p + "mlp.down_proj.weight": (d, f),
+            p + "post_feedforward_layernorm.weight": (d,),
+            p + "altup.correct_output_scale": (d,),
+            p + "altup.correction_coefs.weight": (n, n),
+            p + "altup.prediction_coefs.weight": (n * n, n),
+            p + "altup.modality_router.weight": (n, d),
+            p + "altup.router_norm.weight": (d,),
+            p + "laurel.linear_left.weight": (r, d),
+            p + "laurel.linear_right.weight": (d, r),
+            p + "laurel.post_laurel_norm.weight": (d,),
+            p + "per_layer_input_gate.weight": (P, d),
+            p + "per_layer_projection.weight": (d, P),
+            p + "post_per_layer_input_norm.weight": (d,),
+        })
+        if s.kv_source is None:  # KV-shared layers have no K/V of their own
+            shapes[p + "self_attn.k_proj.weight"] = (kv, d)
+            shapes[p + "self_attn.v_proj.weight"] = (kv, d)
+            shapes[p + "self_attn.k_norm.weight"] = (hd,)
+    return shapes
+
+
 def _unused_by_design(cfg: GemmaConfig, rel: str) -> str | None:
-    """Why a tensor real Gemma 4 files carry is not used, for the ones that are expected there."""
-    if cfg.generation < 4 or not rel.startswith("layers."):
+    """Why a tensor real Gemma 4 / 3n files carry is not used, for the ones that are expected there."""
+    if not cfg.layers or not rel.startswith("layers."):
         return None
     parts = rel.split(".")
     if not parts[1].isdigit() or int(parts[1]) >= len(cfg.layers):
@@ -502,6 +558,16 @@ class Weights:
     def per_layer_projection(self) -> tuple[np.ndarray, np.ndarray]:
         """PLE's context part: per_layer_model_projection [L*P, D] (as for linear) and its norm weight [P]."""
         return self._matrix("per_layer_model_projection.weight"), self.tensor("per_layer_projection_norm.weight")
+
+    # --- Gemma 3n's AltUp streams ----------------------------------------------------------------
+
+    def altup_projections(self) -> list[np.ndarray]:
+        """The [D, D] maps making AltUp streams 1..n-1 from the embedding (as for linear)."""
+        return [self._matrix(f"altup_projections.{j}.weight") for j in range(self.cfg.altup_num_inputs - 1)]
+
+    def altup_unembed_projections(self) -> list[np.ndarray]:
+        """The [D, D] maps bringing streams 1..n-1 back before their average (as for linear)."""
+        return [self._matrix(f"altup_unembed_projections.{j}.weight") for j in range(self.cfg.altup_num_inputs - 1)]
 
     # --- reporting -----------------------------------------------------------------------------
 

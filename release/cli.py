@@ -250,11 +250,15 @@ def generate(
     from gemma_ref.model import Model
     from gemma_ref.tokenizer import Tokenizer
 
+    from release.files import check_model_files
+
+    check_model_files(model)  # a FIFO among the model files would block gemma_ref's readers
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     tok = Tokenizer(model)
     with Model(model, cache_weights=cache_weights) as m:
         tok.check_vocab(m.config.vocab_size)
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}]) if chat else tok.encode(prompt)
+        ids = (tok.apply_chat_template([{"role": "user", "content": prompt}], generation=m.config.model_type)
+               if chat else tok.encode(prompt))  # the model's own template (Gemma 4: <|turn>), not a guess
         stop = stop_ids(m.config, tok)
         stream = TextStream(tok, ids, hide=stop)
 
@@ -434,7 +438,7 @@ def publish(
         res = execute(p, token, say=lambda s: err.print(escape(s)))
     except HubError as e:
         err.print(f"[bold red]publish failed:[/] {escape(str(e))}")
-        err.print("nothing was committed by this run; fix the cause and run publish again (uploaded files are reused)")
+        err.print("fix the cause and run publish again: files that already reached the Hub are not uploaded twice, and the checks after the commit are repeated")
         raise typer.Exit(2)  # the network or the Hub failed: exit 2, distinct from a failed check (1)
     if res.findings:
         err.print(escape(render(list(res.findings), "text")))

@@ -27,6 +27,36 @@ config                         not enough in the metadata (no ``query_pre_attn_s
                                the config comes from the original model directory, and the
                                metadata is cross-checked against it (``metadata_findings``)
 =============================  =========================================================
+
+Gemma 4 (``Gemma4Model`` / ``Gemma4UnifiedModel``, both ``gemma4``; read in ggml-org/llama.cpp
+``conversion/gemma.py`` @ 061b8c5f91885f2779d23198a091777df47c3f6f and ``conversion/base.py``
+@ 00bd27a621f92be9a99d24d7c5117a263b9b3c01) differs from that:
+
+=============================  =========================================================
+RMSNorm weights                stored as they are (``Gemma4Model.norm_shift`` is 0.0):
+                               Gemma 4 multiplies by w, so nothing is subtracted
+names the map lacks            ``layer_scalar`` and ``experts.*`` get ``.weight`` appended
+                               first (``layer_output_scale``, ``ffn_gate_up_exps`` /
+                               ``ffn_down_exps``); ``router.scale`` is written as
+                               ``blk.N.ffn_gate_inp.scale`` and ``router.per_expert_scale``
+                               as ``blk.N.ffn_down_exps.scale`` (F32: not ``.weight``)
+packed experts                 unchanged: [E, 2I, D] (gate rows, then up rows) and [E, D, I],
+                               GGML ne reversed; read one expert at a time (``ExpertStack``)
+proportional RoPE              keys say full rotation (``rope.dimension_count`` = global head
+                               dim); an extra F32 ``rope_freqs.weight`` [global_head_dim/2] of
+                               1.0 for the rotated pairs and 1e30 (frequency / 1e30, so angle
+                               ~0) for the rest carries the proportion, for full layers only:
+                               cross-checked against the config (GGUF001)
+per-layer geometry             ``key_length``/``value_length`` = global_head_dim,
+                               ``*_swa`` = head_dim; ``head_count_kv`` a per-layer array when
+                               the config has ``num_global_key_value_heads``;
+                               ``feed_forward_length`` a per-layer array with
+                               ``use_double_wide_mlp``; ``sliding_window_pattern`` a per-layer
+                               bool array; ``shared_kv_layers``;
+                               ``embedding_length_per_layer_input`` (0 = no PLE)
+KV-shared layers' K/V          not dropped: real E2B/E4B files' leftover k_proj/v_proj/k_norm
+                               are converted too; reported as unused (info), never read
+=============================  =========================================================
 """
 
 from __future__ import annotations
@@ -56,13 +86,22 @@ register_rules(
     Rule("GGUF004", "warning", "the GGUF's tensors are laid out differently from the original (dropped vocabulary rows, "
                                "an untied output head, extra tensors)"),
     Rule("GGUF005", "error", "norm weights differ from the original's (e.g. stored without the +1 llama.cpp's Gemma "
-                             "converters add)"),
+                             "1-3 converters add, or with a +1 Gemma 4's converter does not add)"),
 )
 
 SPLIT = gguf.Keys.Split
 
 #: Gemma generation -> llama.cpp architecture (the converter class's model_arch).
-ARCH_OF_GENERATION = {1: gguf.MODEL_ARCH.GEMMA, 2: gguf.MODEL_ARCH.GEMMA2, 3: gguf.MODEL_ARCH.GEMMA3}
+ARCH_OF_GENERATION = {1: gguf.MODEL_ARCH.GEMMA, 2: gguf.MODEL_ARCH.GEMMA2, 3: gguf.MODEL_ARCH.GEMMA3,
+                      4: gguf.MODEL_ARCH.GEMMA4}  # gemma4_unified (the 12B) is "gemma4" too (Gemma4UnifiedModel)
+#: What the converter adds to every ``*norm.weight``: GemmaModel/Gemma2Model/Gemma3Model 1 (their RMSNorm is
+#: x * (1 + w), llama.cpp's x * w); Gemma4Model.norm_shift returns 0.0 (Gemma 4's RMSNorm is already x * w).
+NORM_SHIFT = {1: 1.0, 2: 1.0, 3: 1.0, 4: 0.0}
+#: Gemma 4 tensors the converter names itself (Gemma4Model.modify_tensors), not through gguf's map.
+_GEMMA4_OWN_NAMES = {"router.scale": (gguf.MODEL_TENSOR.FFN_GATE_INP, ".scale"),
+                     "router.per_expert_scale": (gguf.MODEL_TENSOR.FFN_DOWN_EXP, ".scale")}
+_EXPERTS = ("experts.gate_up_proj", "experts.down_proj")
+ROPE_FREQS = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
 #: generation -> the layer count at which llama.cpp takes a model for a 27B and scales attention by
 #: (n_embd / n_head) ** -0.5 instead of head_dim ** -0.5 (llama-model.cpp, Gemma 2 and 3 hparams)
 _LLAMA_CPP_27B_LAYERS = {2: 46, 3: 62}
@@ -78,7 +117,7 @@ def arch_name(generation: int) -> str:
 
 
 def is_norm(rel: str) -> bool:
-    """True for the RMSNorm weights llama.cpp stores with +1 (its converter tests the same suffix)."""
+    """True for the RMSNorm weights (the ones llama.cpp's Gemma 1-3 converters store with +1; they test this suffix)."""
     return rel.endswith("norm.weight")
 
 
@@ -87,7 +126,13 @@ def gguf_tensor_names(cfg: GemmaConfig) -> dict[str, str]:
     tmap = gguf.get_tensor_name_map(ARCH_OF_GENERATION[cfg.generation], cfg.num_hidden_layers)
     names = {}
     for rel in expected_shapes(cfg):
-        name = tmap.get_name("model." + rel, try_suffixes=(".weight",))
+        m = re.fullmatch(r"layers\.(\d+)\.(.+)", rel)
+        if m and m.group(2) in _GEMMA4_OWN_NAMES:
+            key, suffix = _GEMMA4_OWN_NAMES[m.group(2)]
+            names[rel] = gguf.TENSOR_NAMES[key].format(bid=int(m.group(1))) + suffix
+            continue
+        # Gemma4Model.filter_tensors appends ".weight" to layer_scalar and the packed experts before mapping
+        name = tmap.get_name("model." + rel + ("" if rel.endswith(".weight") else ".weight"), try_suffixes=(".weight",))
         if name is None:  # the gguf package lost a Gemma tensor: not the user's input at fault
             raise RuntimeError(f"gguf's tensor map has no name for {rel!r} ({arch_name(cfg.generation)})")
         names[rel] = name
