@@ -2,6 +2,7 @@
 
     python benchmarks/bench_forward.py                          # gemma-2b shape: all runs
     python benchmarks/bench_forward.py --variant gemma-7b       # runs that fit in RAM only
+    python benchmarks/bench_forward.py --variant gemma-4-26B-A4B --layers 4   # real width, cut depth
 
 Writes a random bf16 checkpoint with the variant's real tensor names and shapes
 (benchmarks/bench_verify.py's writer) unless it is there; nothing is downloaded.
@@ -24,6 +25,13 @@ float32 matrix-vector product over 1 GiB). The prefill roof is its FLOPs at
 that rate; the decode bound is the bytes of weights one token must read (bf16
 when streaming, float32 when cached) at that bandwidth. Runs that cannot fit
 in RAM are skipped and say so.
+
+Gemma 4: the FLOPs and bytes count what one token really runs through: the
+routed experts only (26B-A4B: 8 of 128), not the per-layer-embedding table
+(E2B/E4B: rows are gathered, 2.35B parameters never multiplied). For MoE
+models the NumPy runs also count the bytes of expert weights read per decoded
+token (every ``linear`` call inside ``gemma_ref.model.moe``, instrumented
+from here) against the routed experts' bytes.
 """
 
 from __future__ import annotations
@@ -41,7 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_verify import PeakSampler, _status_kb, bench_prompt, ensure_checkpoint, run_script_child  # noqa: E402
+from bench_verify import (PeakSampler, _status_kb, bench_prompt, default_dir, ensure_checkpoint,  # noqa: E402
+                          run_script_child)
 
 RUNS = ("numpy-stream", "numpy-cached", "hf-float32", "hf-bfloat16")
 
@@ -79,7 +88,7 @@ def child(kind: str, model: Path, ids: list[int], n_decode: int) -> dict:
 WARM_PREFILLS = 3  # timed prefills after the first, per process: their median is reported
 
 
-def measure(prefill, step, n_decode: int) -> dict:
+def measure(prefill, step, n_decode: int, per_token_hook=None) -> dict:
     """Time a first prefill, WARM_PREFILLS more (median), then n_decode greedy steps (median per token).
 
     prefill() -> (next token, KV state) and step(token, state) -> (next token, state): one shape for
@@ -95,12 +104,54 @@ def measure(prefill, step, n_decode: int) -> dict:
         warm.append(time.perf_counter() - t0)
     per_token = []
     for _ in range(n_decode):
+        if per_token_hook:
+            per_token_hook("start")
         t0 = time.perf_counter()
         token, state = step(token, state)
         per_token.append(time.perf_counter() - t0)
+        if per_token_hook:
+            per_token_hook("end")
     out["prefill_seconds"] = float(np.median(warm))
     out["decode_seconds_per_token"] = float(np.median(per_token))
     return out
+
+
+class ExpertBytes:
+    """Bytes of expert weights every ``linear`` inside ``gemma_ref.model.moe`` reads, per decoded token.
+
+    Installed by wrapping the module's ``moe`` and ``linear`` (gemma_ref itself is not changed): the
+    experts' matrices reach ``linear`` as views of the file (or of the float32 cache), so ``w.nbytes``
+    is what that call reads and converts. The router's own [E, D] matrix is read inside ``moe`` too
+    and is counted (26B-A4B: 0.7 MiB of bf16 per layer, next to 90.8 MiB of routed experts).
+    """
+
+    def __init__(self):
+        import gemma_ref.model as gm
+
+        self.inside = False
+        self.count = 0
+        self.per_token: list[int] = []
+        moe, linear = gm.moe, gm.linear
+
+        def counted_moe(*args, **kw):
+            self.inside = True
+            try:
+                return moe(*args, **kw)
+            finally:
+                self.inside = False
+
+        def counted_linear(x, w):
+            if self.inside:
+                self.count += w.nbytes
+            return linear(x, w)
+
+        gm.moe, gm.linear = counted_moe, counted_linear
+
+    def hook(self, when: str) -> None:
+        if when == "start":
+            self.count = 0
+        else:
+            self.per_token.append(self.count)
 
 
 def run_numpy(kind: str, model: Path, ids: list[int], n_decode: int) -> dict:
@@ -108,6 +159,7 @@ def run_numpy(kind: str, model: Path, ids: list[int], n_decode: int) -> dict:
 
     m = load_model(model, cache_weights=kind == "numpy-cached")
     cfg, prompt = m.config, np.asarray(ids)
+    experts = ExpertBytes() if cfg.num_experts else None
 
     def prefill():
         cache = new_cache(cfg, capacity=len(ids) + n_decode)
@@ -118,7 +170,14 @@ def run_numpy(kind: str, model: Path, ids: list[int], n_decode: int) -> dict:
         row = forward(m.weights, cfg, [np.array([token])], caches=[cache], last_only=True)[0][-1]
         return int(np.argmax(row)), cache
 
-    return measure(prefill, step, n_decode)
+    out = measure(prefill, step, n_decode, experts.hook if experts else None)
+    if experts:
+        # What the routed experts hold: top_k experts x (gate, up, down) per MoE layer, in the dtype read.
+        itemsize = 4 if kind == "numpy-cached" else 2
+        out["expert_bytes_per_token"] = float(np.median(experts.per_token))
+        out["routed_expert_bytes"] = float(cfg.num_hidden_layers * cfg.top_k_experts * 3 * cfg.hidden_size
+                                           * cfg.moe_intermediate_size * itemsize)
+    return out
 
 
 def run_hf(kind: str, model: Path, ids: list[int], n_decode: int) -> dict:
@@ -126,8 +185,10 @@ def run_hf(kind: str, model: Path, ids: list[int], n_decode: int) -> dict:
     from transformers import AutoModelForCausalLM
 
     dtype = torch.float32 if kind == "hf-float32" else torch.bfloat16
+    extra = {"experts_implementation": "eager"} if json.loads((model / "config.json").read_text()).get(
+        "enable_moe_block") else {}  # the golden backend's choice: each routed expert's matmul, as written
     t0 = time.perf_counter()
-    m = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype, attn_implementation="eager").eval()
+    m = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype, attn_implementation="eager", **extra).eval()
     load_seconds = time.perf_counter() - t0
     x = torch.tensor([ids])
 
@@ -154,6 +215,8 @@ def summarize(runs: list[dict]) -> dict:
         values = [r[key] for r in runs]
         if key.startswith("peak_"):
             out[key] = max(values)
+        elif key in ("expert_bytes_per_token", "routed_expert_bytes"):
+            out[key] = float(np.median(values))
         elif isinstance(values[0], float):
             out[key], out[key + "_range"] = float(np.median(values)), (min(values), max(values))
     return out
@@ -166,12 +229,30 @@ def fits(kind: str, params: int) -> bool:
     return bytes_per * params + (2 << 30) < total
 
 
+def work(cfg, tokens: int) -> tuple[int, float]:
+    """(weights one token multiplies by, prefill GFLOP for `tokens` tokens with all positions' logits).
+
+    Norms are left out (noise); Gemma 4's PLE table is gathered, never multiplied; MoE counts the
+    routed experts only (their FLOPs; a prompt's tokens between them read nearly every expert).
+    """
+    d = cfg.hidden_size
+    params = cfg.expected_parameters(active=True) if cfg.generation >= 4 else cfg.expected_parameters()
+    matrix = params - cfg.num_hidden_layers * 6 * d
+    if cfg.hidden_size_per_layer_input:
+        matrix -= cfg.vocab_size_per_layer_input * cfg.num_hidden_layers * cfg.hidden_size_per_layer_input
+    head_dims = [s.head_dim for s in cfg.layers] or [cfg.head_dim] * cfg.num_hidden_layers
+    attn_flops = sum(4 * cfg.num_attention_heads * hd * tokens ** 2 // 2 for hd in head_dims)
+    return matrix, (2 * tokens * matrix + attn_flops) / 1e9
+
+
 def main() -> None:
-    from gemma_ref.config import KNOWN_VARIANTS, config_from_dict, variant_config_json
+    from gemma_ref.config import KNOWN_VARIANTS, load_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variant", default="gemma-2b", choices=list(KNOWN_VARIANTS))
     ap.add_argument("--dir", type=Path, default=None, help="checkpoint directory (default /tmp/gemma-bench/VARIANT)")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="cut the variant to its first N layers (real width, cut depth)")
     ap.add_argument("--tokens", type=int, default=128, help="prompt length")
     ap.add_argument("--decode", type=int, default=16, help="tokens to decode")
     ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of " + ", ".join(RUNS))
@@ -180,21 +261,19 @@ def main() -> None:
     ap.add_argument("--child", default=None)
     a = ap.parse_args()
     if a.child:
-        model = a.dir or Path("/tmp/gemma-bench") / a.variant
+        model = a.dir or default_dir(a.variant, a.layers)
         print(json.dumps(child(a.child, model, [int(x) for x in a.ids.split(",")], a.decode)))
         return
-    model = ensure_checkpoint(a.variant, a.dir)
-    cfg = config_from_dict(variant_config_json(a.variant))
+    model = ensure_checkpoint(a.variant, a.dir, a.layers)
+    cfg = load_config(model)
     files = sorted(model.glob("*.safetensors"))
     for f in files:  # warm the page cache so every run starts alike
         with open(f, "rb") as fh:
             while fh.read(64 << 20):
                 pass
     ids = bench_prompt(cfg.vocab_size, a.tokens)
-    params = cfg.expected_parameters()
-    matrix_params = params - cfg.num_hidden_layers * 6 * cfg.hidden_size  # norms are noise
-    attn_flops = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * a.tokens ** 2 // 2
-    prefill_gflop = (2 * a.tokens * matrix_params + attn_flops) / 1e9
+    params = cfg.expected_parameters()  # all of them: what must fit in RAM
+    matrix_params, prefill_gflop = work(cfg, a.tokens)
     # The roofs are sampled before and after the runs and their median taken: on a shared VM single
     # readings swing by 30% and more (one bandwidth reading of 45 GB/s among runs of 27-33 was seen).
     samples = roof_samples(cfg.hidden_size, cfg.intermediate_size, a.tokens)
@@ -218,7 +297,8 @@ def main() -> None:
         samples[k] += v
     roof = {k: float(np.median(v)) for k, v in samples.items()}
     gib = sum(f.stat().st_size for f in files) / 2**30
-    print(f"{a.variant}: {params / 1e9:.2f}B parameters, bf16 {gib:.2f} GiB on disk; prompt {a.tokens} tokens "
+    cut = f" cut to {cfg.num_hidden_layers} layers" if a.layers else ""
+    print(f"{a.variant}{cut}: {params / 1e9:.2f}B parameters ({matrix_params / 1e9:.2f}B multiplied per token), bf16 {gib:.2f} GiB on disk; prompt {a.tokens} tokens "
           f"(all logits), {a.decode} decoded tokens")
     g, b = samples["gemm_gflops"], samples["bandwidth_gbs"]
     print(f"roofs measured in this run (median of {len(g)}, before and after): float32 GEMM {roof['gemm_gflops']:.0f} GFLOP/s "
@@ -237,6 +317,11 @@ def main() -> None:
         print(f"{kind:<14}{r['prefill_seconds']:>10.2f}{ratio_p:>9}{prefill_gflop / roof['gemm_gflops'] / r['prefill_seconds']:>8.2f}"
               f"{r['decode_seconds_per_token']:>13.3f}{ratio_d:>9}{r['decode_seconds_per_token'] / bound_s:>8.2f}"
               f"{r['peak_rss_gib']:>9.2f}{r['peak_rss_anon_gib']:>12.2f}")
+    for kind, r in results.items():
+        if "expert_bytes_per_token" in r:
+            print(f"  {kind}: expert weights read per decoded token {r['expert_bytes_per_token'] / 2**20:.1f} MiB, "
+                  f"the routed experts hold {r['routed_expert_bytes'] / 2**20:.1f} MiB "
+                  f"(ratio {r['expert_bytes_per_token'] / r['routed_expert_bytes']:.3f})")
     print(f"medians over up to {a.repeat} processes per run (each: {WARM_PREFILLS} warm prefills after a first one, "
           f"{a.decode} decoded tokens); ranges over the processes:")
     for kind, r in results.items():

@@ -1,4 +1,4 @@
-"""Gemma model configuration: one frozen dataclass for Gemma 1, 1.1, 2, 3 and 4 (text).
+"""Gemma model configuration: one frozen dataclass for Gemma 1, 1.1, 2, 3, 3n, 4 (text) and VaultGemma.
 
 `load_config` reads a Hugging Face ``config.json`` as the real releases write it:
 
@@ -11,7 +11,11 @@
 * Gemma 4 (``gemma4`` with ``text_config``, ``gemma4_text``, ``gemma4_unified``): two head
   geometries (``global_head_dim`` or the ``per_layer_config`` table transformers 5.24 saves),
   K=V full layers, per-layer embeddings, KV sharing, MoE; resolved into one small
-  :class:`LayerSpec` per layer.
+  :class:`LayerSpec` per layer;
+* Gemma 3n (``gemma3n`` with ``text_config``, ``gemma3n_text``): legacy rope keys, one MLP width
+  and one activation sparsity per layer (in the LayerSpecs), AltUp and LAuReL sizes, a PLE table
+  with fewer rows (262144) than the vocabulary (262400);
+* VaultGemma (``vaultgemma``): Gemma 2's numbers without the two post-branch norms.
 
 Every size is bounded (``BOUNDS``) to what any Gemma could be, so a config saying
 ``num_hidden_layers: 1e9`` is refused at once, naming the key and the file.
@@ -43,14 +47,17 @@ GENERATION_OF_MODEL_TYPE: dict[str, int] = {
     "gemma3": 3,  # multimodal wrapper; the text model is in text_config
     "gemma3n": 3,  # Gemma 3n: Gemma 3 era terms, a different (per-layer embedding) architecture
     "gemma3n_text": 3,
+    "vaultgemma": 3,  # VaultGemma (2025, Gemma Terms of Use): Gemma 2's architecture (see ARCHITECTURE_OF_MODEL_TYPE)
     "gemma4": 4,  # Apache-2.0; multimodal wrapper, the text model is in text_config
     "gemma4_text": 4,
     "gemma4_unified": 4,  # the later 12B: encoder-free vision/audio, Gemma 4 text without PLE / MoE
     "gemma4_unified_text": 4,
 }
 # The model types this reference's forward pass implements (the others are refused by name).
-FORWARD_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3", "gemma4", "gemma4_text", "gemma4_unified",
-                       "gemma4_unified_text")
+FORWARD_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3", "gemma3n", "gemma3n_text", "vaultgemma", "gemma4",
+                       "gemma4_text", "gemma4_unified", "gemma4_unified_text")
+# Whose numerics a model type has, where that is not its generation's (the generation says which terms apply).
+ARCHITECTURE_OF_MODEL_TYPE: dict[str, int] = {"vaultgemma": 2}
 # Gemma-family model types that have no next-token logits to verify: refused, saying what they are.
 NOT_CAUSAL_LM: dict[str, str] = {
     "embedding_gemma2": "EmbeddingGemma 2 is an encoder (bidirectional, pooled embeddings): it has no logits to verify",
@@ -83,6 +90,8 @@ BOUNDS: dict[str, int] = {
     "num_experts": 4096,  # (26B-A4B: 128)
     "top_k_experts": 4096,
     "num_kv_shared_layers": 1024,
+    "altup_num_inputs": 64,  # Gemma 3n AltUp streams (4)
+    "laurel_rank": 65536,  # Gemma 3n LAuReL bottleneck (64)
 }
 
 # transformers' defaults for fields a config.json may leave out, per generation
@@ -109,6 +118,17 @@ DEFAULTS: dict[int | str, dict[str, Any]] = {
             sliding_window=512, rope_local_base_freq=None, sliding_window_pattern=6,
             hidden_size_per_layer_input=256, vocab_size_per_layer_input=262144, num_kv_shared_layers=0),
 }
+# Gemma3nTextConfig: its defaults are the E4B's, so sparse 3n configs are complete. Its default layer rule
+# is 4 local : 1 full (pattern 5), the last layer NOT forced full; 15 KV-shared layers; no attention soft-cap.
+DEFAULTS["gemma3n_text"] = dict(vocab_size=262400, hidden_size=2048, intermediate_size=16384, num_hidden_layers=35,
+                                num_attention_heads=8, num_key_value_heads=2, head_dim=256, rms_norm_eps=1e-6,
+                                rope_theta=1e6, max_position_embeddings=32768, query_pre_attn_scalar=None,
+                                attn_logit_softcapping=None, final_logit_softcapping=30.0, sliding_window=512,
+                                rope_local_base_freq=1e4, sliding_window_pattern=5, hidden_size_per_layer_input=256,
+                                vocab_size_per_layer_input=262144, num_kv_shared_layers=15, altup_num_inputs=4,
+                                altup_active_idx=0, altup_coef_clip=120.0, laurel_rank=64)
+# VaultGemmaConfig: Gemma2Config's defaults (alternating layers, window 4096, soft-caps 50 / 30).
+DEFAULTS["vaultgemma"] = dict(DEFAULTS[2])
 # Gemma4UnifiedTextConfig (the 12B): a longer default window and context, no PLE.
 DEFAULTS["gemma4_unified_text"] = {**DEFAULTS[4], "sliding_window": 1024, "max_position_embeddings": 262144,
                                    "hidden_size_per_layer_input": 0}
@@ -132,12 +152,13 @@ class Rope:
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """The geometry of one Gemma 4 layer (Gemma 4 layers differ by type, and shared layers differ again)."""
+    """The geometry of one Gemma 4 / 3n layer (layers differ by type, and shared layers differ again)."""
 
     type: str  # SLIDING or FULL
     head_dim: int  # width of one head here: head_dim on sliding layers, global_head_dim (512) on full ones
     num_key_value_heads: int  # kv heads here (full layers of K=V models: num_global_key_value_heads)
-    intermediate_size: int  # MLP width here (doubled on KV-shared layers when use_double_wide_mlp)
+    intermediate_size: int  # MLP width here (doubled on KV-shared layers when use_double_wide_mlp; Gemma 3n: listed)
+    activation_sparsity: float = 0.0  # Gemma 3n: fraction of the MLP gate zeroed by gaussian top-k (E4B: 0.95 on 0-9)
     k_eq_v: bool = False  # attention_k_eq_v on a full layer: no v_proj, V is the raw k_proj output
     kv_source: int | None = None  # KV sharing: the layer whose post-norm, post-RoPE K and V this one reuses
 
@@ -147,7 +168,7 @@ class GemmaConfig:
     """Everything the reference forward pass needs, resolved and validated."""
 
     model_type: str  # HF model_type of the text model: "gemma", "gemma2", "gemma3_text", "gemma4_text", ...
-    generation: int  # 1 (Gemma 1 / 1.1 / CodeGemma), 2, 3 or 4
+    generation: int  # 1 (Gemma 1 / 1.1 / CodeGemma), 2, 3 (also 3n, VaultGemma: the terms' era) or 4
     vocab_size: int  # rows of the embedding matrix (Gemma 3 pads 262144 pieces to 262208)
     hidden_size: int  # width of the residual stream, d_model
     intermediate_size: int  # width of the MLP's gate/up projections
@@ -183,6 +204,13 @@ class GemmaConfig:
     num_experts: int = 0  # MoE (26B-A4B: 128 experts next to the dense MLP); 0 = no MoE block
     top_k_experts: int = 0  # experts each token is routed to (26B-A4B: 8)
     moe_intermediate_size: int = 0  # width of one expert's gate/up projections (26B-A4B: 704)
+    # --- VaultGemma ---
+    post_norms: bool = True  # with sandwich_norms: branch outputs normalised too; VaultGemma has no such norms
+    # --- Gemma 3n (also uses layers, PLE and KV sharing above) ---
+    altup_num_inputs: int = 0  # AltUp: the residual is this many streams (4); 0 = not Gemma 3n
+    altup_active_idx: int = 0  # the stream the layer actually computes on (0)
+    altup_correct_scale: bool = True  # scale the corrected active stream by correct_output_scale before PLE
+    laurel_rank: int = 0  # LAuReL: width of the low-rank residual branch (64)
 
     # --- derived quantities, used by weights.py, inspect and the forward pass -------------------
 
@@ -226,12 +254,30 @@ class GemmaConfig:
         `active`: Gemma 4 MoE, count only the top_k experts a token runs through (the "A4B").
         """
         d, L = self.hidden_size, self.num_hidden_layers
+        if self.altup_num_inputs:
+            return self._gemma3n_parameters()
         if self.generation >= 4:
             return self._gemma4_parameters(active)
         attn = d * self.q_width + 2 * d * self.kv_width + self.q_width * d
         mlp = 3 * d * self.intermediate_size
-        norms = (4 if self.sandwich_norms else 2) * d + (2 * self.head_dim if self.use_qk_norm else 0)
+        norms = (4 if self.sandwich_norms and self.post_norms else 2) * d + (2 * self.head_dim if self.use_qk_norm else 0)
         return self.vocab_size * d + L * (attn + mlp + norms) + d
+
+    def _gemma3n_parameters(self) -> int:
+        d, P, L, n, hd = (self.hidden_size, self.hidden_size_per_layer_input, self.num_hidden_layers,
+                          self.altup_num_inputs, self.head_dim)
+        total = self.vocab_size * d + d  # tied embedding, final norm
+        total += self.vocab_size_per_layer_input * L * P + L * P * d + P  # PLE table, projection, its norm
+        total += 2 * (n - 1) * d * d  # altup_projections, altup_unembed_projections
+        for s in self.layers:
+            q, kv = self.num_attention_heads * hd, self.num_key_value_heads * hd
+            if s.kv_source is None:
+                total += 2 * d * kv + hd  # k_proj, v_proj, k_norm
+            total += 2 * d * q + hd + 3 * d * s.intermediate_size + 4 * d  # q_proj, o_proj, q_norm, MLP, norms
+            total += d + n * n + n * n * n + n * d + d  # AltUp: output scale, coefficients, router, its norm
+            total += 2 * d * self.laurel_rank + d  # LAuReL: left, right, its norm
+            total += 2 * d * P + d  # per_layer_input_gate, per_layer_projection, post_per_layer_input_norm
+        return total
 
     def _gemma4_parameters(self, active: bool) -> int:
         d, P, L = self.hidden_size, self.hidden_size_per_layer_input, self.num_hidden_layers
@@ -316,6 +362,28 @@ KNOWN_VARIANTS: dict[str, dict[str, Any]] = {
                         global_head_dim=512, num_global_key_value_heads=1, attention_k_eq_v=True,
                         vocab_size=262144, sliding_window=1024, layer_types=([SLIDING] * 5 + [FULL]) * 8,
                         final_logit_softcapping=30.0, max_position_embeddings=262144),
+    # Gemma 3n (GEMMA4.md §5): E4B text 6.84B with its [262144, 8960] PLE table. E2B's sizes are third-party
+    # (an ai-edge-torch Gemma 3n config, mlx fixtures of google/gemma-3n-E2B-it): 30 layers, MLP 8192, 10 shared.
+    "gemma-3n-E4B": dict(model_type="gemma3n_text", hidden_size=2048, intermediate_size=16384, num_hidden_layers=35,
+                         num_attention_heads=8, num_key_value_heads=2, head_dim=256, vocab_size=262400,
+                         vocab_size_per_layer_input=262144, hidden_size_per_layer_input=256, sliding_window=512,
+                         layer_types=([SLIDING] * 4 + [FULL]) * 7, num_kv_shared_layers=15, laurel_rank=64,
+                         altup_num_inputs=4, activation_sparsity_pattern=[0.95] * 10 + [0.0] * 25,
+                         rope_theta=1e6, rope_local_base_freq=1e4, final_logit_softcapping=30.0,
+                         max_position_embeddings=32768),
+    "gemma-3n-E2B": dict(model_type="gemma3n_text", hidden_size=2048, intermediate_size=8192, num_hidden_layers=30,
+                         num_attention_heads=8, num_key_value_heads=2, head_dim=256, vocab_size=262400,
+                         vocab_size_per_layer_input=262144, hidden_size_per_layer_input=256, sliding_window=512,
+                         layer_types=([SLIDING] * 4 + [FULL]) * 6, num_kv_shared_layers=10, laurel_rank=64,
+                         altup_num_inputs=4, activation_sparsity_pattern=[0.95] * 10 + [0.0] * 20,
+                         rope_theta=1e6, rope_local_base_freq=1e4, final_logit_softcapping=30.0,
+                         max_position_embeddings=32768),
+    # VaultGemma (GEMMA4.md §6; sizes from a keras-hub conversion fixture): Gemma 2's block without post-norms,
+    # every layer full attention per the HF model doc.
+    "vaultgemma-1b": dict(model_type="vaultgemma", hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
+                          num_attention_heads=4, num_key_value_heads=4, head_dim=256, vocab_size=256000,
+                          query_pre_attn_scalar=256, sliding_window=512, layer_types=[FULL] * 26,
+                          attn_logit_softcapping=50.0, final_logit_softcapping=30.0, max_position_embeddings=1024),
 }
 
 
@@ -327,7 +395,8 @@ def variant_config_json(name: str) -> dict[str, Any]:
     raw.setdefault("torch_dtype", "bfloat16")
     raw["architectures"] = [{"gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
                              "gemma3_text": "Gemma3ForCausalLM", "gemma4_text": "Gemma4ForCausalLM",
-                             "gemma4_unified_text": "Gemma4UnifiedForCausalLM"}[raw["model_type"]]]
+                             "gemma4_unified_text": "Gemma4UnifiedForCausalLM", "gemma3n_text": "Gemma3nForCausalLM",
+                             "vaultgemma": "VaultGemmaForCausalLM"}[raw["model_type"]]]
     return raw
 
 
@@ -336,9 +405,7 @@ def match_variant(cfg: GemmaConfig) -> str | None:
     keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "head_dim")
     for name, v in KNOWN_VARIANTS.items():
-        if GENERATION_OF_MODEL_TYPE[v["model_type"]] == cfg.generation and all(
-            v[k] == getattr(cfg, k) for k in keys
-        ) and (cfg.generation < 4 or v["model_type"] == cfg.model_type):
+        if v["model_type"] == cfg.model_type and all(v[k] == getattr(cfg, k) for k in keys):
             return name
     return None
 
@@ -389,10 +456,10 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> GemmaCon
                              where)
     if nested and model_type in (None, "gemma3"):
         model_type = "gemma3_text"  # text_config of a gemma3 config may omit its model_type
-    if nested and model_type in ("gemma4", "gemma4_unified"):
+    if nested and model_type in ("gemma4", "gemma4_unified", "gemma3n"):
         model_type += "_text"
     if model_type not in GENERATION_OF_MODEL_TYPE:
-        raise InputError(f"unknown model_type {model_type!r}; this reference runs Gemma 1, 2, 3 and 4 "
+        raise InputError(f"unknown model_type {model_type!r}; this reference runs Gemma 1, 2, 3, 3n, 4 and VaultGemma "
                          f"({', '.join(FORWARD_MODEL_TYPES)})", where)
     generation = GENERATION_OF_MODEL_TYPE[model_type]
     if model_type not in FORWARD_MODEL_TYPES:
@@ -401,8 +468,10 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> GemmaCon
             "forward pass does not implement (release checks still apply)", where)
     if model_type == "gemma3":
         model_type = "gemma3_text"
-    if model_type in ("gemma4", "gemma4_unified"):
+    if model_type in ("gemma4", "gemma4_unified", "gemma3n"):
         model_type += "_text"
+    arch = ARCHITECTURE_OF_MODEL_TYPE.get(model_type, generation)  # whose numerics (VaultGemma: Gemma 2's)
+    gemma3n = model_type == "gemma3n_text"
 
     d = DEFAULTS[model_type] if model_type in DEFAULTS else DEFAULTS[generation]
 
@@ -430,8 +499,18 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> GemmaCon
 
     vocab = integer("vocab_size")
     hidden = integer("hidden_size")
-    inter = integer("intermediate_size")
     n_layers = integer("num_hidden_layers")
+    if gemma3n and isinstance(text.get("intermediate_size"), list):  # Gemma 3n: one MLP width per layer
+        widths = text["intermediate_size"]
+        if len(widths) != n_layers:
+            raise InputError(f"intermediate_size lists {len(widths)} widths for {n_layers} layers", where)
+        for w in widths:
+            if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+                raise InputError(f"intermediate_size entries must be positive integers, got {w!r}", where)
+            bounded("intermediate_size", w, where)
+        inter = max(widths)
+    else:
+        inter = integer("intermediate_size")
     heads = integer("num_attention_heads")
     kv_heads = integer("num_key_value_heads", "num_kv_heads")
     head_dim = integer("head_dim")  # transformers' default (256) when absent, not hidden // heads
@@ -453,13 +532,13 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> GemmaCon
     qpas = number("query_pre_attn_scalar", allow_none=True)
     if generation == 1 or qpas is None:
         qpas = float(head_dim)  # Gemma 1 scales scores by head_dim ** -0.5
-    if generation >= 4:
-        qpas = 1.0  # Gemma 4: attention scale 1.0; the learned q_norm / k_norm carry the temperature
+    if generation >= 4 or gemma3n:
+        qpas = 1.0  # Gemma 4 and 3n: attention scale 1.0; the learned q_norm / k_norm carry the temperature
 
     attn_cap = number("attn_logit_softcapping", allow_none=True)
     final_cap = number("final_logit_softcapping", allow_none=True)
 
-    layer_types = _layer_types(text, generation, n_layers, where)
+    layer_types = _layer_types(text, generation, n_layers, where, d["sliding_window_pattern"])
     window = get("sliding_window")
     if any(t == SLIDING for t in layer_types):
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
@@ -468,7 +547,7 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> GemmaCon
     else:
         window = None
 
-    rope_global, rope_local = _rope(text, generation, where)
+    rope_global, rope_local = _rope(text, arch, where, d)
 
     dtype = text.get("dtype") or text.get("torch_dtype")
     if dtype is not None and dtype not in STORAGE_DTYPES:
@@ -481,7 +560,12 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> GemmaCon
         top = raw["eos_token_id"] if isinstance(raw["eos_token_id"], list) else [raw["eos_token_id"]]
         both = [e for e in (list(eos) if isinstance(eos, tuple) else [eos]) + top if isinstance(e, int)]
         eos = tuple(dict.fromkeys(both)) if len(set(both)) > 1 else both[0]
-    gemma4 = _gemma4(text, model_type, layer_types, head_dim, kv_heads, inter, integer, where) if generation >= 4 else {}
+    if gemma3n:
+        gemma4 = _gemma3n(text, layer_types, inter, integer, where)
+    elif generation >= 4:
+        gemma4 = _gemma4(text, model_type, layer_types, head_dim, kv_heads, inter, integer, where)
+    else:
+        gemma4 = {}
     return GemmaConfig(
         model_type=model_type,
         generation=generation,
@@ -500,8 +584,9 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> GemmaCon
         layer_types=layer_types,
         rope_global=rope_global,
         rope_local=rope_local,
-        use_qk_norm=generation >= 3,
-        sandwich_norms=generation >= 2,
+        use_qk_norm=arch >= 3,
+        sandwich_norms=arch >= 2,
+        post_norms=model_type != "vaultgemma",  # VaultGemma deletes post_attention / post_feedforward_layernorm
         max_position_embeddings=integer("max_position_embeddings"),
         storage_dtype=dtype,
         nested=nested,
@@ -618,7 +703,51 @@ def _gemma4(text: dict[str, Any], model_type: str, layer_types: tuple[str, ...],
                 num_kv_shared_layers=n_shared, attention_k_eq_v=k_eq_v, use_double_wide_mlp=double_wide, **experts)
 
 
-def _layer_types(text: dict[str, Any], generation: int, n_layers: int, where: str) -> tuple[str, ...]:
+def _gemma3n(text: dict[str, Any], layer_types: tuple[str, ...], inter: int, integer: Callable[..., int],
+             where: str) -> dict[str, Any]:
+    """The Gemma 3n fields of GemmaConfig: per-layer MLP width and sparsity, KV sharing, PLE, AltUp, LAuReL."""
+    n_layers = len(layer_types)
+    widths = text.get("intermediate_size")
+    widths = list(widths) if isinstance(widths, list) else [inter] * n_layers
+    sparsity = text.get("activation_sparsity_pattern")
+    if sparsity is None:  # Gemma3nTextConfig's default: the first 10 layers 95% sparse (when there are more than 10)
+        sparsity = [0.95] * (10 if n_layers > 10 else 0) + [0.0] * (n_layers - (10 if n_layers > 10 else 0))
+    if not isinstance(sparsity, list) or len(sparsity) != n_layers or any(
+            isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s < 1 for s in sparsity):
+        raise InputError(f"activation_sparsity_pattern must list {n_layers} numbers in [0, 1)", where)
+
+    n_shared = integer("num_kv_shared_layers", minimum=0)
+    if n_shared >= n_layers:
+        raise InputError(f"num_kv_shared_layers ({n_shared}) must be less than num_hidden_layers ({n_layers})", where)
+    first_shared = n_layers - n_shared
+    specs = []
+    for i, t in enumerate(layer_types):
+        source = None
+        if i >= first_shared:  # the same rule as Gemma 4: the last non-shared layer of the same type
+            earlier = [j for j in range(first_shared) if layer_types[j] == t]
+            if not earlier:
+                raise InputError(f"layer {i} ({t}) is KV-shared but no earlier layer of that type computes keys "
+                                 "and values", where)
+            source = earlier[-1]
+        specs.append(LayerSpec(type=t, head_dim=integer("head_dim"), num_key_value_heads=integer("num_key_value_heads"),
+                               intermediate_size=widths[i], activation_sparsity=float(sparsity[i]), kv_source=source))
+
+    n_streams = integer("altup_num_inputs", minimum=2)
+    active = integer("altup_active_idx", minimum=0)
+    if active >= n_streams:
+        raise InputError(f"altup_active_idx ({active}) must be below altup_num_inputs ({n_streams})", where)
+    correct_scale = text.get("altup_correct_scale", True)
+    if not isinstance(correct_scale, bool):
+        raise InputError(f"altup_correct_scale must be true or false, got {correct_scale!r}", where)
+    # altup_coef_clip only clamps coefficients while training (transformers: `if self.training`): unused here.
+    return dict(layers=tuple(specs), hidden_size_per_layer_input=integer("hidden_size_per_layer_input"),
+                vocab_size_per_layer_input=integer("vocab_size_per_layer_input"), num_kv_shared_layers=n_shared,
+                altup_num_inputs=n_streams, altup_active_idx=active, altup_correct_scale=correct_scale,
+                laurel_rank=integer("laurel_rank"))
+
+
+def _layer_types(text: dict[str, Any], generation: int, n_layers: int, where: str,
+                 default_pattern: int | None) -> tuple[str, ...]:
     """Per-layer attention kind, from ``layer_types`` or the legacy ``sliding_window_pattern``."""
     explicit = text.get("layer_types")
     if explicit is not None:
@@ -630,7 +759,7 @@ def _layer_types(text: dict[str, Any], generation: int, n_layers: int, where: st
         return tuple(explicit)
     if generation == 1:
         return (FULL,) * n_layers
-    pattern = text.get("sliding_window_pattern") or DEFAULTS[generation]["sliding_window_pattern"]
+    pattern = text.get("sliding_window_pattern") or default_pattern
     if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
         raise InputError(f"sliding_window_pattern must be a positive integer, got {pattern!r}", where)
     bounded("sliding_window_pattern", pattern, where)
@@ -669,9 +798,8 @@ def _rope_proportion(spec: Any, where: str, what: str) -> float:
     return float(p)
 
 
-def _rope(text: dict[str, Any], generation: int, where: str) -> tuple[Rope, Rope]:
-    """(global, local) RoPE parameters from legacy fields or ``rope_parameters``."""
-    d = DEFAULTS[generation]
+def _rope(text: dict[str, Any], generation: int, where: str, d: dict[str, Any]) -> tuple[Rope, Rope]:
+    """(global, local) RoPE parameters from legacy fields or ``rope_parameters``; `d`: the defaults in force."""
     params = text.get("rope_parameters")
     if generation >= 4 and params is None:
         # Gemma4TextConfig's default: proportional RoPE (a quarter of each head rotates) on full layers.

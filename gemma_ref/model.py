@@ -1,10 +1,11 @@
-"""The Gemma forward pass in NumPy: Gemma 1, 2, 3 and 4 (text), float32.
+"""The Gemma forward pass in NumPy: Gemma 1, 2, 3, 3n and 4 (text) and VaultGemma, float32.
 
 Read it top to bottom: each block of the architecture is one small pure
 function, in the order the data flows, with the tensor shapes on the lines that
 change them. Shape letters: T tokens, D hidden_size, F intermediate_size,
 H query heads, K key/value heads, Hd head_dim, V vocab_size; Gemma 4 adds L layers,
-P per-layer-embedding width, E experts, I expert width.
+P per-layer-embedding width, E experts, I expert width;
+Gemma 3n n AltUp streams, r LAuReL rank.
 
 Gemma 1-3 differ only through the config (see config.py) and share ``block``; Gemma 4's
 layer differs enough to have its own functions (``gemma4_block`` and the ones it calls):
@@ -28,6 +29,27 @@ extras                 -           -                   -                   per-l
                                                                            layer_scalar on the whole stream
 =====================  ==========  ==================  ==================  ================================
 
+Two more members of the family, against their nearest relative (VaultGemma shares ``block``; Gemma 3n
+has ``gemma3n_block`` and reuses Gemma 4's attention and per-layer embeddings):
+
+=====================  ==========================  ===============================================
+                       VaultGemma (vs Gemma 2)     Gemma 3n (vs Gemma 4 E2B/E4B)
+=====================  ==========================  ===============================================
+RMSNorm gain           1 + w                       w (no +1)
+norms per layer        2: no post-attention and    4 + LAuReL's + AltUp router's + PLE's
+                       no post-feedforward norm
+attention              Gemma 2's (qpas, cap 50)    Gemma 4's: scale 1.0, q/k/v norms, one Hd
+local (sliding) layers per layer_types, NOT the    per layer_types (4:1); last layer not forced
+                       alternation (1b: none)
+RoPE                   10k everywhere              10k local, 1M full, no proportional RoPE
+residual stream        one                         AltUp: n = 4 streams, predicted and corrected
+                                                   around each layer, averaged before the norm
+extras                 -                           LAuReL (low-rank residual next to attention),
+                                                   gaussian-top-k sparse MLP gate (early layers),
+                                                   PLE into streams 1..3 only, ids past the PLE
+                                                   table read row 0; KV sharing as Gemma 4
+=====================  ==========================  ===============================================
+
 Every number is computed in float32 whatever the storage dtype, to match
 Hugging Face transformers run in float32 (the golden-logit tests pin this to
 1e-4). Weights are read one layer at a time (weights.py), so a checkpoint never
@@ -37,6 +59,7 @@ sits in memory in float32 as a whole.
 from __future__ import annotations
 
 import os
+import statistics
 from typing import Callable, Sequence
 
 import numpy as np
@@ -98,9 +121,18 @@ def softcap(x: np.ndarray, cap: float | None) -> np.ndarray:
 
 
 def rope_inv_freq(head_dim: int, rope: Rope) -> np.ndarray:
-    """Rotation speed of each pair of dimensions.  -> [Hd/2]"""
+    """Rotation speed of each pair of dimensions.  -> [Hd/2]
+
+    As transformers computes it: ``1.0 / (base ** (arange(0, d, 2).float() / d))`` in float32. The
+    exponents 2i/d are rounded to float32 first (as torch does); the power is then taken in float64
+    and rounded once, which is the correctly rounded float32 power: torch's scalar path (``std::pow``)
+    gives exactly that, while NumPy's own float32 power is machine-dependent (SIMD code paths) and was
+    seen 1 ulp off in 19 of 128 entries. torch's vectorized power (Sleef, 1-ulp bound) itself differs
+    from the correctly rounded value in ~1 entry in 128 (tests/test_real_model.py pins both tables).
+    """
     exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(f32) / f32(head_dim)  # [Hd/2], 2i/d in float32
-    inv_freq = f32(1.0) / (f32(rope.theta) ** exponents)  # 1 / base^(2i/d)
+    power = (np.float64(np.float32(rope.theta)) ** exponents.astype(np.float64)).astype(f32)  # base^(2i/d), rounded once
+    inv_freq = f32(1.0) / power  # 1 / base^(2i/d), float32 division like torch's
     if rope.proportion < 1.0:
         # Gemma 4 "proportional" (full layers): only the first p*Hd/2 pairs rotate, their exponents still over
         # the FULL Hd; the other pairs get angle 0 (cos 1, sin 0). Not "partial rotary" over p*Hd dims.
@@ -254,10 +286,11 @@ def block(
     a = attention(rms_norm(h, w["input_layernorm.weight"], eps), w, cfg, layer_type, positions, cache)  # [T, D]
     if cfg.sandwich_norms:
         # Gemma 2/3: the branch output is normalised too, and the MLP gets its own pre-norm.
-        h = h + rms_norm(a, w["post_attention_layernorm.weight"], eps)
+        # VaultGemma (post_norms False) keeps the pre-MLP norm but drops both post-branch norms.
+        h = h + (rms_norm(a, w["post_attention_layernorm.weight"], eps) if cfg.post_norms else a)
         m = mlp(rms_norm(h, w["pre_feedforward_layernorm.weight"], eps),
                 w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"])
-        return h + rms_norm(m, w["post_feedforward_layernorm.weight"], eps)
+        return h + (rms_norm(m, w["post_feedforward_layernorm.weight"], eps) if cfg.post_norms else m)
     # Gemma 1: name trap, its "post_attention_layernorm" is the norm *before* the MLP.
     h = h + a
     m = mlp(rms_norm(h, w["post_attention_layernorm.weight"], eps),
@@ -418,6 +451,148 @@ def gemma4_forward(
     return np.split(logits, np.cumsum([len(h) for h in hs])[:-1])  # [T_s, V] each
 
 
+# --- Gemma 3n ---------------------------------------------------------------------------------------
+#
+# Gemma 3n's layer attends like Gemma 4 (gain-w RMSNorm, scale 1.0, q/k/v norms, KV sharing: it reuses
+# gemma4_attention) but its residual is n = 4 streams [n, T, D] (AltUp): each layer predicts all streams
+# from a mix of them, computes on stream 0 only, then corrects every stream with what that computation
+# added. Next to attention runs LAuReL, a low-rank residual; early layers' MLPs zero most of their gate.
+
+
+def altup_router(x: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig) -> np.ndarray:
+    """AltUp's per-token mixing signal.  [T, D] -> [T, n], in (-1, 1)"""
+    x = rms_norm_gemma4(x, w["altup.router_norm.weight"], cfg.rms_norm_eps) * f32(1.0 / cfg.hidden_size)  # 1/D, not D**-0.5
+    return np.tanh(linear(x, w["altup.modality_router.weight"]))  # [T, D] -> [T, n]
+
+
+def altup_predict(streams: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig) -> np.ndarray:
+    """Each stream predicted as itself plus a token-dependent mix of all streams.  [n, T, D] -> [n, T, D]"""
+    n, T, _ = streams.shape
+    m = altup_router(streams[cfg.altup_active_idx], w, cfg)  # [T, n]: routed on the active stream only
+    c = linear(m, w["altup.prediction_coefs.weight"]).reshape(T, n, n)  # [T, n*n] -> [T, i, k]: row i = output
+    return streams + np.einsum("tik,ktd->itd", c, streams)  # pred_i = h_i + sum_k c[i*n + k] h_k (HF's permute)
+
+
+def altup_correct(pred: np.ndarray, out: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig) -> np.ndarray:
+    """Every stream moved by what the layer added to the active one, scaled per stream.  [n, T, D], [T, D] -> [n, T, D]"""
+    innovation = out - pred[cfg.altup_active_idx]  # [T, D]: the layer's change to the stream it computed on
+    coefs = linear(altup_router(out, w, cfg), w["altup.correction_coefs.weight"]) + f32(1.0)  # [T, n]: +1, so 0 = copy
+    return pred + coefs.T[:, :, None] * innovation[None]  # [n, T, D]; altup_coef_clip only clamps in training
+
+
+def laurel(x: np.ndarray, w: dict[str, np.ndarray], eps: float) -> np.ndarray:
+    """LAuReL, a learned low-rank residual next to attention.  [T, D] -> [T, D]"""
+    low = linear(linear(x, w["laurel.linear_left.weight"]), w["laurel.linear_right.weight"])  # [T, D] -> [T, r] -> [T, D]
+    return x + rms_norm_gemma4(low, w["laurel.post_laurel_norm.weight"], eps)  # x is the NORMED input, not the residual
+
+
+def gaussian_topk(g: np.ndarray, sparsity: float) -> np.ndarray:
+    """Activation sparsity: keep only the gate values above the `sparsity` quantile of a fitted normal.  [T, F] -> [T, F]
+
+    Not a real top-k: the cutoff is mean + std * Phi^-1(sparsity) of each token's gate row (std with
+    ddof 0), and what survives is shifted down by it (relu(g - cutoff)), so the gelu sees small values.
+    """
+    z = f32(statistics.NormalDist().inv_cdf(sparsity))  # Phi^-1(0.95) = 1.6448536 in float32
+    cutoff = np.mean(g, axis=-1, keepdims=True) + np.std(g, axis=-1, keepdims=True) * z  # [T, 1]
+    return np.maximum(g - cutoff, f32(0.0))
+
+
+def sparse_mlp(x: np.ndarray, w: dict[str, np.ndarray], sparsity: float) -> np.ndarray:
+    """Gemma 3n's MLP: gated GELU, the gate sparsified first on the layers that say so.  [T, D] -> [T, D]"""
+    g = linear(x, w["mlp.gate_proj.weight"])  # [T, D] -> [T, F]
+    if sparsity > 0:
+        g = gaussian_topk(g, sparsity)  # before the gelu: E4B's layers 0-9 keep ~5% of their gate
+    return linear(gelu_tanh(g) * linear(x, w["mlp.up_proj.weight"]), w["mlp.down_proj.weight"])  # [T, F] -> [T, D]
+
+
+def gemma3n_block(
+    streams: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig, spec: LayerSpec, positions: np.ndarray,
+    ple: np.ndarray, cache: LayerCache | None = None, shared: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """One Gemma 3n decoder layer.  [n, T, D] -> [n, T, D], plus this layer's (K, V) for layers that share them
+
+    `ple`: this layer's per-layer embedding [T, P].
+    """
+    eps = cfg.rms_norm_eps
+    pred = altup_predict(streams, w, cfg)  # [n, T, D]
+    a = pred[cfg.altup_active_idx]  # [T, D]: the one stream the layer computes on
+    x = rms_norm_gemma4(a, w["input_layernorm.weight"], eps)
+    attn, kv = gemma4_attention(x, w, cfg, spec, positions, cache, shared)  # [T, D]: Gemma 4's attention, one Hd
+    h = a + rms_norm_gemma4(attn, w["post_attention_layernorm.weight"], eps)
+    h = (h + laurel(x, w, eps)) / f32(np.sqrt(2.0))  # two residual paths averaged, kept at unit scale
+    m = sparse_mlp(rms_norm_gemma4(h, w["pre_feedforward_layernorm.weight"], eps), w, spec.activation_sparsity)
+    out = h + rms_norm_gemma4(m, w["post_feedforward_layernorm.weight"], eps)  # [T, D]
+    streams = altup_correct(pred, out, w, cfg)  # [n, T, D]
+
+    first = streams[cfg.altup_active_idx]
+    if cfg.altup_correct_scale:
+        first = first * w["altup.correct_output_scale"]  # [T, D]: a learned per-channel scale, only for the gate
+    g = gelu_tanh(linear(first, w["per_layer_input_gate.weight"])) * ple  # [T, D] -> [T, P]
+    g = rms_norm_gemma4(linear(g, w["per_layer_projection.weight"]), w["post_per_layer_input_norm.weight"], eps)
+    streams[1:] += g  # PLE feeds streams 1..n-1 only (HF hard-codes [1:]): stream 0 is NOT updated by it
+    return streams, kv
+
+
+def rms_matched(x: np.ndarray, target_rms: np.ndarray) -> np.ndarray:
+    """x rescaled to a given per-token RMS (AltUp's streams all keep the embedding's size).  [T, D], [T, 1] -> [T, D]"""
+    rms = np.sqrt(np.maximum(np.mean(x * x, axis=-1, keepdims=True), f32(1e-5)))  # clamp the mean square, then sqrt
+    return x * target_rms / rms
+
+
+def altup_streams(h0: np.ndarray, weights: Weights) -> np.ndarray:
+    """The n AltUp streams from the scaled embedding: itself, then n-1 projections of it.  [T, D] -> [n, T, D]"""
+    target = np.sqrt(np.mean(h0 * h0, axis=-1, keepdims=True))  # [T, 1]
+    return np.stack([h0] + [rms_matched(linear(h0, P), target) for P in weights.altup_projections()])
+
+
+def altup_merge(streams: np.ndarray, weights: Weights) -> np.ndarray:
+    """Streams 1..n-1 projected back (sized like stream 0), then all n averaged.  [n, T, D] -> [T, D]"""
+    target = np.sqrt(np.mean(streams[0] * streams[0], axis=-1, keepdims=True))  # [T, 1]
+    back = [rms_matched(linear(s, P), target) for s, P in zip(streams[1:], weights.altup_unembed_projections())]
+    return np.mean(np.stack([streams[0]] + back), axis=0)  # the four-stream average, before the final norm
+
+
+def ple_ids(ids: np.ndarray, cfg: GemmaConfig) -> np.ndarray:
+    """The rows of the PLE table the ids read.  [T] -> [T]
+
+    Gemma 3n's table has 262144 rows for a 262400-id vocabulary: ids past it (the multimodal soft
+    tokens) read row 0, not the last row and not an error (transformers' get_per_layer_inputs).
+    """
+    return np.where(ids < cfg.vocab_size_per_layer_input, ids, 0)
+
+
+def gemma3n_forward(
+    weights: Weights, cfg: GemmaConfig, sequences: list[np.ndarray],
+    progress: Callable[[int, int], None] | None = None,
+    caches: list[list[LayerCache | None]] | None = None, last_only: bool = False,
+) -> list[np.ndarray]:
+    """forward() for Gemma 3n (text).  [T_s] each -> [T_s, V] each"""
+    caches = caches if caches is not None else [None] * len(sequences)
+    starts = [c[0].length if c else 0 for c in caches]
+    hs = [embed(weights, ids, cfg) for ids in sequences]  # [T_s, D] each
+    ples = [per_layer_inputs(weights, ple_ids(ids, cfg), h, cfg)
+            for ids, h in zip(sequences, hs)]  # [L, T_s, P] each; the context part still projects the real embedding
+    streams = [altup_streams(h, weights) for h in hs]  # [n, T_s, D] each
+    sources = {s.kv_source for s in cfg.layers if s.kv_source is not None}
+    kept: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in sequences]  # source layer -> its (K, V)
+    for i, spec in enumerate(cfg.layers):
+        w = weights.layer(i)
+        for n, (s, start, c) in enumerate(zip(streams, starts, caches)):
+            shared = kept[n][spec.kv_source] if spec.kv_source is not None else None
+            streams[n], kv = gemma3n_block(s, w, cfg, spec, np.arange(start, start + s.shape[1]), ples[n][i],
+                                           c[i] if c else None, shared)
+            if i in sources:
+                kept[n][i] = kv
+        if progress:
+            progress(i + 1, cfg.num_hidden_layers)
+    if last_only:
+        streams = [s[:, -1:] for s in streams]  # [n, 1, D] each
+    norm = weights.final_norm()  # [D]
+    h_all = np.concatenate([rms_norm_gemma4(altup_merge(s, weights), norm, cfg.rms_norm_eps) for s in streams])
+    logits = unembed(h_all, weights, cfg)  # [sum T_s, V], soft-capped at 30
+    return np.split(logits, np.cumsum([s.shape[1] for s in streams])[:-1])  # [T_s, V] each
+
+
 # --- the whole model -----------------------------------------------------------------------------
 
 
@@ -450,6 +625,8 @@ def forward(
     what each cache holds and their keys/values are added to it; `last_only` computes
     the logits of each sequence's last token only ([1, V] each), all that decoding needs.
     """
+    if cfg.altup_num_inputs:
+        return gemma3n_forward(weights, cfg, sequences, progress, caches, last_only)
     if cfg.generation >= 4:
         return gemma4_forward(weights, cfg, sequences, progress, caches, last_only)
     caches = caches if caches is not None else [None] * len(sequences)

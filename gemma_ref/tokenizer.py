@@ -110,7 +110,8 @@ class Tokenizer:
     (BPE with the identity normalization only). Both give the same ids.
 
     Special ids by name: :attr:`special_ids` (``{"pad": 0, "eos": 1, "bos": 2, "unk": 3,
-    "start_of_turn": 106, ...}`` for Gemma, image pieces for Gemma 3), :meth:`special_id`,
+    "start_of_turn": 105, "end_of_turn": 106, ...}`` for Gemma 3; Gemma 1/2's are 106 and 107;
+    image pieces for Gemma 3; Gemma 4's ``<|turn>`` / ``<turn|>`` are 105 / 106), :meth:`special_id`,
     and the properties :attr:`bos_id`, :attr:`eos_id`, :attr:`pad_id`, :attr:`unk_id`.
     """
 

@@ -24,7 +24,7 @@ app = typer.Typer(
     name="gemma-release",
     help="Verify Gemma-derived weights against golden logits and check/publish compliant Hub releases.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
 )
 card_app = typer.Typer(help="Check and fix model cards (metadata schema, Gemma Terms of Use).", no_args_is_help=True)
@@ -62,8 +62,18 @@ def _finite(value: float | None) -> float | None:
 FormatOpt = Annotated[Literal["text", "json", "sarif"], typer.Option("--format", "-f", help="Output format: text, json or sarif.")]
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from release import __version__
+
+        typer.echo(f"gemma-release {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
+    version: Annotated[Optional[bool], typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                                    callback=_show_version, show_default=False)] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors (the exit code stays the same).")] = False,
     hub_timeout: Annotated[Optional[float], typer.Option(
         "--hub-timeout", min=0.1, max=3600, show_default=False, metavar="SECONDS",
@@ -86,12 +96,49 @@ def _fail(code: int, label: str, e: BaseException, message: str | None = None) -
     sys.exit(code)
 
 
+def _classic_help_types() -> None:
+    """Help shows types the way typer users know them: ``PATH``, ``FLOAT RANGE``, ``[text|json|sarif]``, nothing for flags.
+
+    typer 0.29 prints ``<bool>`` beside every flag and ``<str>``/``<path>`` elsewhere; this applies only to
+    gemma-release's own commands (the root context's name), not to other typer apps in the same process.
+    """
+    from typer import core
+
+    if getattr(core.TyperOption, "_gemma_release_types", False):
+        return
+    names = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": "BOOLEAN"}
+
+    def classic(self, ctx):  # noqa: ANN001, ANN202 - typer's signature
+        if ctx.find_root().info_name != "gemma-release":
+            return original[type(self)](self, ctx)
+        if self.metavar is not None:
+            return self.metavar
+        if getattr(self, "is_flag", False):
+            return None
+        desc = self.type_descriptor
+        if desc.is_choice:
+            label = "[" + "|".join(str(c) for c in desc.choices or ()) + "]"
+        elif desc.is_ranged:
+            label = f"{desc.ranged_type_name} range".upper()
+        elif desc.is_path:
+            label = "PATH"
+        else:
+            label = names.get(self._bare_type(desc.annotation).removeprefix("list[").removesuffix("]"), "TEXT")
+        return label + ("..." if self.nargs != 1 else "")
+
+    original = {cls: cls.display_type_rich for cls in (core.TyperOption, core.TyperArgument)}
+    for cls in original:
+        cls.display_type_rich = classic
+    core.TyperOption._gemma_release_types = True  # noqa: SLF001 - idempotence marker
+
+
 def main() -> None:
     """Console-script entry point: 0 ok, 1 a check failed, 2 bad input/usage or the Hub failed, 3 a bug of ours."""
     from release.hub import HubError
 
+    _classic_help_types()
     try:
-        rv = app(standalone_mode=False)
+        rv = app(standalone_mode=False, prog_name="gemma-release")
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except InputError as e:
@@ -116,8 +163,35 @@ def main() -> None:
 # --- reference model: inspect, golden, verify ---------------------------------------------------
 
 
+class _StepLines:
+    """Progress for logs (stderr not a terminal): no bar, one line per finished step, e.g. ``scan: 26/26 (0.4 s)``."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._started: dict[str, float] = {}
+        self._done: set[str] = set()
+
+    def __enter__(self) -> "_StepLines":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def step(self, what: str, done: int, total: int) -> None:
+        start = self._started.setdefault(what, self._clock())
+        if done >= total and what not in self._done:
+            self._done.add(what)
+            err.print(escape(printable(f"{what}: {done}/{total} ({self._clock() - start:.1f} s)")))
+
+
 def _progress():
-    """A transient progress bar on stderr (silent when stderr is not a terminal)."""
+    """A transient progress bar on stderr when it is a terminal; one line per step otherwise (CI logs)."""
+    from release.hub import _isatty
+
+    if not _isatty(sys.stderr):
+        return _StepLines()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -125,6 +199,8 @@ def _progress():
 
 
 def _progress_callback(bar):
+    if isinstance(bar, _StepLines):
+        return bar.step
     tasks: dict[str, object] = {}
 
     def update(what: str, done: int, total: int) -> None:
@@ -153,8 +229,9 @@ def golden(
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="YAML/JSON prompts file (text or chat).")] = None,
     backend: Annotated[Literal["gemma_ref", "transformers"],
                        typer.Option(help="Who computes the logits: gemma_ref, or transformers (needs torch).")] = "gemma_ref",
-    storage: Annotated[Literal["full", "topk"],
-                       typer.Option(help="full rows, or top-k + log-sum-exp (for big vocabularies).")] = "full",
+    storage: Annotated[Optional[Literal["full", "topk"]],
+                       typer.Option(help="full rows, or top-k + log-sum-exp (default: full up to 64 MB of logits, "
+                                         "top-k beyond).", show_default=False)] = None,
     topk: Annotated[int, typer.Option(help="k for --storage topk.", min=1)] = 64,
     name: Annotated[Optional[str], typer.Option(help="Model name/repo id to record (default: the path).")] = None,
     revision: Annotated[Optional[str], typer.Option(help="Model revision to record.")] = None,
@@ -164,12 +241,22 @@ def golden(
     from release.weights.prompts import select_prompts
 
     specs = select_prompts(ids, prompts)
+    if any(p.ids is None for p in specs) and not (model / "tokenizer.model").is_file() and (model / "config.json").is_file():
+        what = "the built-in prompts are text" if prompts is None else "the prompts file holds text"
+        raise InputError(f"{what}, and the model has no tokenizer.model to turn them into ids", model,
+                         hint="pass token ids instead, e.g. --ids 2,651,6037 (repeatable), or a --prompts file of ids, "
+                              "or put the model's tokenizer.model in that directory")
     with _progress() as bar:
         step = _progress_callback(bar)
         g = make_golden(model, out_file, specs, backend, storage, topk, name, revision,
                         lambda done, total: step(f"logits ({backend})", done, total))
     n_tok = sum(len(p.ids) for p in g.prompts)
-    out.print(f"wrote {out_file}: {len(g.prompts)} prompts, {n_tok} positions, {g.storage} logits "
+    why = ""
+    if storage is None:  # say why, since the user did not choose
+        mb = n_tok * g.vocab_size * 4 / 2**20
+        why = (f" (full rows would be {mb:.0f} MB, over 64 MB: top-{g.topk} + log-sum-exp; --storage full to keep them)"
+               if g.storage == "topk" else f" ({mb:.1f} MB; top-k is used past 64 MB)")
+    out.print(f"wrote {out_file}: {len(g.prompts)} prompts, {n_tok} positions, {g.storage} logits{why} "
               f"from {g.producer} {g.producer_version}")
 
 
@@ -177,8 +264,9 @@ def golden(
 def verify(
     golden_file: Annotated[Optional[Path], typer.Option("--golden", "-g", help="Golden file to compare a model directory against.")] = None,
     model: Annotated[Optional[Path], typer.Argument(help="Model directory (config.json + safetensors), or a .gguf variant (with --against).", show_default=False)] = None,
-    repo: Annotated[Optional[str], typer.Option("--repo", help="Verify ORG/NAME[@REVISION] from the Hub instead "
-                                                "(downloads config, safetensors and tokenizer only).")] = None,
+    repo: Annotated[Optional[str], typer.Option("--repo", metavar="ORG/NAME[@REVISION]", help=escape(
+                                                "Verify ORG/NAME[@REVISION] from the Hub instead "
+                                                "(downloads config, safetensors and tokenizer only)."))] = None,
     token: Annotated[Optional[str], typer.Option("--token", help="Hub token (prefer HF_TOKEN: options end up in shell history).",
                                                  show_default=False)] = None,
     against: Annotated[Optional[Path], typer.Option("--against", help="For a .gguf MODEL: the original model directory it was made from.")] = None,
@@ -186,6 +274,7 @@ def verify(
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="For a .gguf: YAML/JSON prompts file (default: the built-in set).")] = None,
     atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance on every logit (default 1e-4; none for a .gguf).", min=0, callback=_finite, show_default=False)] = None,
     rtol: Annotated[float, typer.Option(help="Relative tolerance (times |golden|).", min=0, callback=_finite)] = 1e-5,
+    row_rtol: Annotated[Optional[float], typer.Option(help="Tolerance relative to each position's max |golden| (default 5e-5; 0 for the per-logit bound alone).", min=0, callback=_finite, show_default=False)] = None,
     max_kl: Annotated[Optional[float], typer.Option(help="Fail when a position's KL(golden||ours) exceeds this (nats, >= 0).", min=0, callback=_finite)] = None,
     min_top1: Annotated[Optional[float], typer.Option(help="Fail when top-1 agreement is below this fraction, 0..1 (per prompt; for a .gguf over all positions, default per quant type).", min=0, max=1, callback=_finite)] = None,
     max_mean_kl: Annotated[Optional[float], typer.Option(help="Fail when the mean KL over all positions exceeds this (nats, >= 0; a .gguf: default per quant type).", min=0, callback=_finite)] = None,
@@ -216,7 +305,8 @@ def verify(
             from release.hub import download_for_verify, parse_repo_ref
 
             model = download_for_verify(*parse_repo_ref(repo), token=token)
-        tol = Tolerance(atol=1e-4 if atol is None else atol, rtol=rtol, max_kl=max_kl, min_top1=min_top1, max_mean_kl=max_mean_kl)
+        tol = Tolerance(atol=1e-4 if atol is None else atol, rtol=rtol, max_kl=max_kl, min_top1=min_top1, max_mean_kl=max_mean_kl,
+                        **({} if row_rtol is None else {"row_rtol": row_rtol}))
         with _progress() as bar:
             report = verify_model(model, golden_file, tol, scan, _progress_callback(bar))
     if out_file is not None:
@@ -226,6 +316,33 @@ def verify(
     else:
         out.print(render_report(report))
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command("export")
+def export_cmd(
+    gguf_file: Annotated[Path, typer.Argument(help="A Gemma .gguf (llama.cpp's format; the first part of a split one).", show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory to create (must not exist, or be empty).", show_default=False)],
+    dtype: Annotated[Literal["auto", "float32", "bfloat16", "float16"],
+                     typer.Option(help="Storage dtype; auto: exact (float32 for quantized tensors, else the stored float type).")] = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Rebuild a Hugging Face checkpoint (config.json, safetensors, tokenizer.model) from a Gemma GGUF."""
+    from release.weights.export import export_gguf
+
+    with _progress() as bar:
+        res = export_gguf(gguf_file, out_dir, dtype, _progress_callback(bar))
+    if json_out:
+        out.print_json(data={"out": str(res.out), "config_source": res.config_source, "variant": res.variant,
+                             "dtype": res.dtype, "tensors": res.n_tensors, "bytes": res.bytes_written,
+                             "files": res.files, "seconds": res.seconds, "tokenizer_pieces": res.tokenizer_pieces,
+                             "tokenizer_rewrites_reversed": res.tokenizer_rewrites_reversed, "notes": res.notes,
+                             "findings": [f.to_dict() for f in res.findings]})
+        return
+    out.print(escape(res.summary()))
+    for note in res.notes:
+        out.print(escape(f"  note: {note}"))
+    for f in res.findings:
+        out.print(escape(f"  {f.severity} {f.rule}: {f.message}"))
 
 
 @app.command()
@@ -257,7 +374,7 @@ def generate(
     tok = Tokenizer(model)
     with Model(model, cache_weights=cache_weights) as m:
         tok.check_vocab(m.config.vocab_size)
-        ids = (tok.apply_chat_template([{"role": "user", "content": prompt}], generation=m.config.model_type)
+        ids = (tok.apply_chat_template([{"role": "user", "content": prompt}], generation=m.config.generation)
                if chat else tok.encode(prompt))  # the model's own template (Gemma 4: <|turn>), not a guess
         stop = stop_ids(m.config, tok)
         stream = TextStream(tok, ids, hide=stop)
@@ -330,20 +447,84 @@ def tokenize_cmd(
 CardPathArg = Annotated[Path, typer.Argument(help="A model card (README.md) or a release directory.", show_default=False)]
 
 
+PublishedRepoOpt = Annotated[Optional[str], typer.Option(
+    "--repo", metavar="ORG/NAME[@REVISION]", show_default=False,
+    help=escape("Check ORG/NAME[@REVISION] as published on the Hub instead of PATH "
+                "(downloads only the card, NOTICE, terms copies and configs; weights are listed, never downloaded)."))]
+TokenOpt = Annotated[Optional[str], typer.Option("--token", help="Hub token (prefer HF_TOKEN: options end up in shell history).",
+                                                 show_default=False)]
+
+
+def _published(path: Path | None, repo: str | None, token: str | None, work: Path):
+    """For ``--repo``: the published repo's small files in ``work`` and its listing as a release set; else None."""
+    if (path is None) == (repo is None):
+        raise typer.BadParameter("give either a PATH or --repo ORG/NAME[@REVISION]")
+    if repo is None:
+        return None
+    from release import release_yaml
+    from release.hub import fetch_published, parse_repo_ref
+    from release.releaseset import from_listing
+
+    pub = fetch_published(*parse_repo_ref(repo), work, token=token, say=lambda s: err.print(escape(printable(s))))
+    if "README.md" not in pub.files:
+        raise InputError(f"{pub.repo_id}@{pub.revision} has no README.md (the model card)", hint="publish a card first")
+    rs = from_listing(pub.root, {p: f.size for p, f in pub.files.items()})
+    own = release_yaml.ReleaseConfig(root=pub.root, repo=pub.repo_id, files=(), revision=pub.revision)  # the card's own repo
+    return pub, rs, own
+
+
+def _relabel(findings: list, pub) -> list:  # noqa: ANN001
+    """Finding paths under the download directory, shown as ``hf://ORG/NAME@REV/FILE``."""
+    import dataclasses
+
+    base = str(pub.root)
+    return [dataclasses.replace(f, path=pub.label + "/" + f.path[len(base):].lstrip("/\\")) if f.path and f.path.startswith(base) else f
+            for f in findings]
+
+
+def _published_listing(pub, rs):  # noqa: ANN001
+    """Variant-table listings: the published repo's own files at its revision, the Hub for every other repo."""
+    from release.hub import variant_listing
+
+    others = variant_listing()
+
+    def listing(repo_id: str, revision: str) -> dict[str, int] | None:
+        if repo_id == pub.repo_id and revision in (pub.revision, pub.commit):
+            return rs.listing()
+        return others(repo_id, revision)
+
+    return listing
+
+
 @card_app.command("check")
 def card_check(
-    path: CardPathArg,
+    path: Annotated[Optional[Path], typer.Argument(help="A model card (README.md) or a release directory.", show_default=False)] = None,
     fmt: FormatOpt = "text",
     hub: Annotated[bool, typer.Option("--hub", help="Also check variant-table links against the Hub's file listings.")] = False,
+    repo: PublishedRepoOpt = None,
+    token: TokenOpt = None,
+    repo_id: Annotated[Optional[str], typer.Option("--repo-id", metavar="ORG/NAME", show_default=False,
+                                                  help="Judge a local card as this Hub repo (google/... is the upstream: derivative-only rules do not apply).")] = None,
 ) -> None:
     """Check card metadata (schema, Hub rules), the Gemma Terms of Use obligations and variant tables.
 
     Exit 0 when no finding is an error, 1 when one is, 2 when the input cannot be read.
     """
-    from release.card.rules import check_release_card
+    import tempfile
+
+    from release.card.rules import check_release_card, check_release_set
+    from release.card.variants import check_variants
     from release.findings import has_errors, render
 
-    findings = check_release_card(path, hub=True if hub else None)
+    with tempfile.TemporaryDirectory(prefix="gemma-release-repo-") as work:
+        published = _published(path, repo, token, Path(work))
+        if published is None:
+            findings = check_release_card(path, hub=True if hub else None, repo_id=repo_id)
+        else:
+            pub, rs, own = published
+            rid = repo_id or (repo.split("@", 1)[0] if repo else None)
+            findings = _relabel(check_release_set(rs, repo_id=rid)
+                                + check_variants(pub.root, own, hub=_published_listing(pub, rs), release_set=rs, repo_id=rid), pub)
     typer.echo(render(findings, fmt))
     raise typer.Exit(1 if has_errors(findings) else 0)
 
@@ -359,12 +540,11 @@ def card_fix(path: CardPathArg) -> None:
 
 @card_app.command("rules")
 def card_rules() -> None:
-    """List the rules `card check` applies (card, Terms of Use, variant tables) as a Markdown table."""
-    import release.card.rules  # noqa: F401  (registers the CARD and GEMMA rules)
-    import release.card.variants  # noqa: F401  (registers the QUANT rules)
-    from release.findings import rules_table
+    """List every rule the tool can report (card, Terms of Use, Apache-2.0, variants, weights, logits, GGUF, publish) as a Markdown table."""
+    from release.findings import load_all_rules, rules_table
 
-    typer.echo(rules_table(("CARD", "GEMMA", "QUANT")))
+    load_all_rules()
+    typer.echo(rules_table())
 
 
 @app.command("notice")
@@ -456,12 +636,26 @@ def publish(
 
 
 @variants_app.command("check")
-def variants_check(path: Annotated[Path, typer.Argument(help="Card (README.md) or release directory.")], hub: HubOpt = False, fmt: FormatOpt = "text") -> None:
-    """Check the card's variant tables (QUANT rules); with --hub, against the Hub's files too."""
+def variants_check(
+    path: Annotated[Optional[Path], typer.Argument(help="Card (README.md) or release directory.", show_default=False)] = None,
+    hub: HubOpt = False,
+    fmt: FormatOpt = "text",
+    repo: PublishedRepoOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Check the card's variant tables (QUANT rules); with --hub, against the Hub's files too; with --repo, a published card."""
+    import tempfile
+
     from release.findings import render
     from release.card.variants import check_variants
 
-    findings = check_variants(path, hub=True if hub else None)
+    with tempfile.TemporaryDirectory(prefix="gemma-release-repo-") as work:
+        published = _published(path, repo, token, Path(work))
+        if published is None:
+            findings = check_variants(path, hub=True if hub else None)
+        else:
+            pub, rs, own = published
+            findings = _relabel(check_variants(pub.root, own, hub=_published_listing(pub, rs), release_set=rs), pub)
     out.print(escape(render(findings, fmt)))
     raise typer.Exit(1 if any(f.severity == "error" for f in findings) else 0)
 

@@ -84,6 +84,23 @@ def register_rules(*rules: Rule) -> None:
         RULES[r.id] = r
 
 
+# Every module that registers rules; `card rules` and the docs list the registry after importing them all.
+RULE_MODULES = (
+    "release.card.rules", "release.card.terms", "release.card.variants", "release.card.hidden", "release.card.filechecks",
+    "release.releaseset", "release.publish.plan", "release.weights.verify", "release.weights.gguf_reader",
+    "release.weights.gguf_tokenizer",
+)
+
+
+def load_all_rules() -> dict[str, Rule]:
+    """Import every module that registers rules, so :data:`RULES` holds every rule the tool can report."""
+    import importlib
+
+    for name in RULE_MODULES:
+        importlib.import_module(name)
+    return RULES
+
+
 def rules_help() -> dict[str, str]:
     """``{rule id: description}`` for every registered rule (feeds SARIF ``rules``)."""
     return {r.id: r.description for r in RULES.values()}

@@ -96,6 +96,7 @@ def install_timeout(seconds: float | None = None) -> float:
     from huggingface_hub import set_client_factory
     from huggingface_hub.utils._http import default_client_factory
 
+    quiet_progress_bars()  # every Hub path comes through here: no tqdm bars in non-terminal logs
     seconds = hub_timeout() if seconds is None else float(seconds)
     if _timeout_installed == [seconds]:
         return seconds
@@ -265,6 +266,31 @@ def _api(token: str | None):  # -> HfApi
     return HfApi(token=token)
 
 
+def quiet_progress_bars(force: bool | None = None) -> bool:
+    """Turn huggingface_hub's tqdm bars off when stderr is not a terminal (CI logs); return whether they are off.
+
+    ``force`` True/False overrides the terminal test. The user's own ``HF_HUB_DISABLE_PROGRESS_BARS`` still wins
+    when it asks for bars explicitly (huggingface_hub warns and keeps them).
+    """
+    import os
+    import sys
+
+    off = (not _isatty(sys.stderr)) if force is None else force
+    if off and os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().upper() not in ("0", "FALSE", "NO", "OFF"):
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+        return True
+    return False
+
+
+def _isatty(stream) -> bool:  # noqa: ANN001 - any file-like
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # closed or replaced streams count as "not a terminal"
+        return False
+
+
 # --- listings ---------------------------------------------------------------------------------
 
 
@@ -427,6 +453,72 @@ def parse_repo_ref(ref: str) -> tuple[str, str | None]:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", repo_id) or (revision == "" and "@" in ref):
         raise InputError(f"--repo {ref!r} is not of the form ORG/NAME[@REVISION]")
     return repo_id, revision or None
+
+
+# --- reading a published repo without its weights (card check --repo, variants check --repo) ---------
+
+PUBLISHED_TEXT_LIMIT = 2 * 1024 * 1024  # cards, NOTICE, terms copies and configs are small; nothing bigger is downloaded
+_TEXT_NAME = re.compile(r"\.(?:md|txt|html?)$|^(?:readme|notice|licen[cs]e|terms|gemma|copying|use[_-]?policy)(?:[\w.-]*)$"
+                        r"|^(?:config|adapter_config|generation_config)\.json$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class PublishedRepo:
+    """A Hub repo as published, seen without its weights.
+
+    ``root`` holds the small text files the card rules read (top-level README, NOTICE, terms
+    copies, configs; never an LFS file, never above :data:`PUBLISHED_TEXT_LIMIT`); ``files`` is
+    the whole listing with sizes (what a downloader would get); ``commit`` the commit both came from.
+    """
+
+    repo_id: str
+    revision: str  # as asked (branch, tag or commit)
+    commit: str
+    root: Path
+    files: dict[str, RemoteFile]
+    downloaded: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        """``hf://ORG/NAME@REV``, huggingface_hub's file-system notation, for finding paths."""
+        return f"hf://{self.repo_id}@{self.revision}"
+
+
+def small_text_files(files: dict[str, RemoteFile]) -> list[str]:
+    """The top-level files worth downloading for the card and Terms of Use rules (small, not LFS, text-like names)."""
+    return sorted(p for p, f in files.items()
+                  if "/" not in p and f.lfs_sha256 is None and f.size <= PUBLISHED_TEXT_LIMIT and _TEXT_NAME.search(p))
+
+
+def fetch_published(repo_id: str, revision: str | None, dest: Path, token: str | None = None,
+                    say: Callable[[str], None] = lambda s: None) -> PublishedRepo:
+    """List ``repo_id@revision`` (sizes, LFS ids) and download only its small text files into ``dest``.
+
+    The revision is resolved to one commit first, so the listing and the downloads agree even if
+    someone pushes meanwhile. Weights are listed (``list_repo_tree``), never downloaded.
+    """
+    from huggingface_hub import errors as hf_errors
+    from huggingface_hub import hf_hub_download
+
+    rev = revision or "main"
+    api = _api(token)
+    with translate_errors("reading the repository", repo_id, token):
+        try:
+            commit = api.repo_info(repo_id, revision=rev).sha
+        except hf_errors.RevisionNotFoundError:
+            raise InputError(f"revision {rev!r} not found on the Hub ({repo_id})",
+                             hint="check the branch, tag or commit name") from None
+    files = remote_files(repo_id, commit, token)
+    if files is None:
+        raise InputError(f"{repo_id}@{rev} cannot be listed on the Hub", hint="check the name, and that your token can read it")
+    say(f"listed {repo_id}@{rev} ({commit[:12]}): {len(files)} files")
+    wanted = small_text_files(files)
+    dest.mkdir(parents=True, exist_ok=True)
+    with translate_errors("downloading the card and licence files", repo_id, token):
+        for name in wanted:
+            hf_hub_download(repo_id, name, revision=commit, token=token, local_dir=dest)
+    say(f"downloaded {len(wanted)} small text files: {', '.join(wanted) or 'none'}")
+    return PublishedRepo(repo_id, rev, commit, dest, files, tuple(wanted))
 
 
 def download_for_verify(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:

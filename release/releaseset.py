@@ -192,6 +192,19 @@ def resolve(directory: Path | str, config: release_yaml.ReleaseConfig | None = N
     return _from_config(root, config, present)
 
 
+def from_listing(root: Path, sizes: dict[str, int]) -> ReleaseSet:
+    """A release set standing for files already published (``card check --repo``): the Hub's listing.
+
+    ``sizes`` is every file of the repo with its size; ``root`` holds the ones that were downloaded
+    (the small text files the rules read). The others are size-only: their ``local`` path under
+    ``root`` does not exist, so :meth:`ReleaseSet.read_text` gives None for them and nothing hashes
+    or stages them. No release.yaml: the set is the repo as it is.
+    """
+    root = Path(root).resolve()
+    files = {p: ReleaseFile(p, root.joinpath(*PurePosixPath(p).parts), int(size)) for p, size in sorted(sizes.items())}
+    return ReleaseSet(root, files, None, [])
+
+
 def _from_directory(root: Path, present: list[str]) -> ReleaseSet:
     files: dict[str, ReleaseFile] = {}
     left: list[tuple[str, str]] = []

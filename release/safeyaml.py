@@ -156,6 +156,36 @@ class _Builder:
         return out
 
 
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes the document has once every alias is expanded, counted once per distinct node (memoised).
+
+    Aliases share node objects in the composed graph, so this walks each node once however
+    often it is referenced; the count saturates past MAX_NODES. Iterative, so depth cannot
+    overflow; a node that contains itself (`&a [*a]`) is refused.
+    """
+    size: dict[int, int] = {}
+    open_: set[int] = set()  # nodes whose children are being counted
+    stack: list[yaml.Node] = [root]
+    while stack:
+        node = stack[-1]
+        if id(node) in size:
+            stack.pop()
+            continue
+        kids = [] if isinstance(node, yaml.ScalarNode) else (
+            list(node.value) if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair])
+        todo = [k for k in kids if id(k) not in size]
+        if not todo:
+            size[id(node)] = min(MAX_NODES + 1, 1 + sum(size[id(k)] for k in kids))
+            open_.discard(id(node))
+            stack.pop()
+            continue
+        if id(node) in open_:
+            raise _LimitError("YAML contains a recursive alias (a node that contains itself)", node.start_mark.line + 1)
+        open_.add(id(node))
+        stack.extend(todo)
+    return size[id(root)]
+
+
 @dataclass
 class YamlDoc:
     """A parsed YAML document: data (None when unreadable), lines per pointer, problems, the root node."""
@@ -175,6 +205,8 @@ def parse_yaml(yaml_text: str, line_offset: int = 0, max_chars: int = MAX_FRONT_
         doc.root = root
         if root is None:
             return doc
+        if _expanded_size(root) > MAX_NODES:  # measured on the shared node graph: a bomb costs O(its text), not O(limit)
+            raise _LimitError(f"YAML expands to more than {MAX_NODES} nodes (alias bomb?)", root.start_mark.line + 1 + line_offset)
         builder = _Builder(line_offset)
         doc.data = builder.build(root, "")
         doc.lines = builder.lines

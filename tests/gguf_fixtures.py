@@ -15,12 +15,59 @@ package's own writer, name map and quantizer:
 * the metadata keys each converter writes (block count, lengths, head counts, eps, soft-caps,
   sliding window, Gemma 3's global RoPE base and linear scaling).
 
-The knobs that break a file on purpose (``norm_plus_one=False``, ``metadata`` overrides,
-``drop``, ``vocab_rows``) exist for the tests of the reader's error paths.
+Gemma 4 (``gemma4`` arch; ``Gemma4Model``, and ``Gemma4UnifiedModel`` for the 12B, which only adds
+``suppress_tokens``) follows ggml-org/llama.cpp ``conversion/gemma.py`` @
+061b8c5f91885f2779d23198a091777df47c3f6f (classes ``Gemma3Model`` -> ``Gemma4Model``) and
+``conversion/base.py`` @ 00bd27a621f92be9a99d24d7c5117a263b9b3c01 (``TextModel.filter_tensors``,
+``TextModel.set_gguf_parameters``, ``ModelBase.prepare_tensors``), read 2026 via the search tool:
+
+* ``Gemma4Model.norm_shift`` returns 0.0: **no norm gets +1** (Gemma 3's ``norm_shift`` is 1.0 for
+  ``*norm.weight``); nothing else is rescaled or permuted either;
+* ``filter_tensors``: names ending in ``layer_scalar`` (and ``per_dim_scale``) and ``.experts.``
+  names not ending in ``.weight`` get ``.weight`` appended, then gguf's map gives
+  ``blk.N.layer_output_scale``, ``blk.N.ffn_gate_up_exps`` ([E, 2I, D] unchanged: gate rows then up
+  rows) and ``blk.N.ffn_down_exps`` ([E, D, I]); ``modify_tensors`` writes ``router.scale`` as
+  ``blk.N.ffn_gate_inp.scale`` and ``router.per_expert_scale`` as ``blk.N.ffn_down_exps.scale``;
+  ``router.proj`` maps to ``ffn_gate_inp``; PLE to ``per_layer_token_embd``, ``per_layer_model_proj``,
+  ``per_layer_proj_norm``, ``blk.N.inp_gate``, ``blk.N.proj``, ``blk.N.post_norm``; the ``_1``/``_2``
+  norms to ``post_ffw_norm_1``, ``pre_ffw_norm_2``, ``post_ffw_norm_2``;
+* ``TextModel.filter_tensors`` drops names containing ``vision_``, ``audio_``, ``vision.``,
+  ``audio.`` ... (the towers, ``embed_vision``/``embed_audio``, the unified ``vision_embedder``);
+  ``language_model.`` is stripped (``ModelBase.filter_tensors``); the K/V tensors real E2B/E4B
+  files keep on KV-shared layers are **not** dropped;
+* ``generate_extra_tensors``: ``rope_freqs.weight`` (F32, global_head_dim / 2 entries) = 1.0 for
+  the first int(global_head_dim * partial_rotary_factor / 2) pairs, 1e30 for the rest -- proportional
+  RoPE as ggml NEOX frequency factors, "ONLY used by the full_attention layers";
+* keys: TextModel's (block_count, context_length, embedding_length, feed_forward_length,
+  head_count, head_count_kv, rope.freq_base = full layers' theta, rope.freq_base_swa = sliding
+  layers' theta, rms eps, expert_count / expert_used_count when set; "proportional" is an unknown
+  rope_type there, so no rope.scaling.* key), then Gemma3Model's (final_logit_softcapping,
+  sliding_window), then Gemma4Model's: shared_kv_layers, embedding_length_per_layer_input (0 without
+  PLE), sliding_window_pattern (bool per layer, True = sliding), key_length / value_length =
+  global_head_dim, key_length_swa / value_length_swa = head_dim, expert_feed_forward_length,
+  feed_forward_length as a per-layer array when use_double_wide_mlp (2x on the last
+  num_kv_shared_layers layers), head_count_kv as a per-layer array [num_key_value_heads on sliding,
+  num_global_key_value_heads on full layers] when both are in the config (even without
+  attention_k_eq_v), rope.dimension_count = global_head_dim, rope.dimension_count_swa = head_dim
+  (times a top-level partial_rotary_factor, absent in Gemma 4's per-type rope_parameters);
+* tensor types (prepare_tensors): 1-D, ``*_norm.weight``, ``ffn_gate_inp`` and anything not named
+  ``.weight`` (the two ``.scale`` tensors) stay F32; the rest takes the file type, with the F16
+  fallback.
+
+The converter reads ``global_head_dim`` / ``num_global_key_value_heads`` from
+``AutoConfig.from_pretrained(dir).to_dict()``; with the transformers 5.24 installed here that dict
+holds neither (they become ``per_layer_config``), so this converter revision would stop with a
+KeyError. We write what it writes from config.json's values, as it would with the transformers it
+was written against; a config saved in the ``per_layer_config`` form gets no GGUF here.
+
+The knobs that break a file on purpose (``norm_plus_one=False``, ``norm_shift``, ``metadata`` overrides,
+``drop``, ``vocab_rows``, ``rope_freqs``) exist for the tests of the reader's error paths.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +78,7 @@ from safetensors import safe_open
 
 from gemma_ref.config import load_config
 
-ARCH = {1: gguf.MODEL_ARCH.GEMMA, 2: gguf.MODEL_ARCH.GEMMA2, 3: gguf.MODEL_ARCH.GEMMA3}
+ARCH = {1: gguf.MODEL_ARCH.GEMMA, 2: gguf.MODEL_ARCH.GEMMA2, 3: gguf.MODEL_ARCH.GEMMA3, 4: gguf.MODEL_ARCH.GEMMA4}
 FILE_TYPE = {
     "F32": gguf.LlamaFileType.ALL_F32,
     "F16": gguf.LlamaFileType.MOSTLY_F16,
@@ -41,6 +88,8 @@ FILE_TYPE = {
     "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
 }
 _FOREIGN = ("multi_modal_projector.", "vision_tower.", "multimodal_projector.", "vision_model.")
+#: TextModel.filter_tensors: substrings of the multimodal tensors every text converter skips
+_MULTIMODAL = ("visual.", "vision.", "audio.", "talker.", "vision_", "audio_", "projector.", "patch_embed")
 
 
 def hf_tensors(model_dir: Path) -> dict[str, np.ndarray]:
@@ -77,11 +126,97 @@ def write_metadata(w: gguf.GGUFWriter, model_dir: Path, qtype: str) -> None:
             w.add_sliding_window(cfg.sliding_window)
 
 
-def convert_tensor(name: str, data: np.ndarray, qtype: str, norm_plus_one: bool) -> tuple[np.ndarray, Any]:
-    """(data, ggml type) for one tensor, as prepare_tensors + modify_tensors do it."""
+def raw_hparams(model_dir: Path) -> dict[str, Any]:
+    """config.json with text_config moved to the root, as TextModel.__init__ does."""
+    raw = json.loads((Path(model_dir) / "config.json").read_text())
+    hp = {**raw, **raw.get("text_config", {})}
+    # AutoConfig's to_dict always lists layer_types (the default rule, last layer full, when config.json does not)
+    hp.setdefault("layer_types", list(load_config(model_dir).layer_types))
+    return hp
+
+
+def write_metadata_gemma4(w: gguf.GGUFWriter, model_dir: Path, qtype: str) -> None:
+    """The keys TextModel -> Gemma3Model -> Gemma4Model.set_gguf_parameters write, each once, final value."""
+    hp = raw_hparams(model_dir)
+    rope = hp["rope_parameters"]
+    full, swa = rope.get("full_attention", {}), rope.get("sliding_attention", {})
+    n_layers = hp["num_hidden_layers"]
+    w.add_block_count(n_layers)
+    w.add_context_length(hp.get("max_position_embeddings", 131072))
+    w.add_embedding_length(hp["hidden_size"])
+    w.add_head_count(hp.get("num_attention_heads", 8))
+    w.add_rope_freq_base(full.get("rope_theta", 1_000_000.0))
+    if swa.get("rope_theta") is not None:
+        w.add_rope_freq_base_swa(swa["rope_theta"])
+    w.add_layer_norm_rms_eps(hp.get("rms_norm_eps", 1e-6))
+    if hp.get("num_experts") is not None:
+        w.add_expert_count(hp["num_experts"])
+    if hp.get("top_k_experts") is not None:
+        w.add_expert_used_count(hp["top_k_experts"])
+    w.add_file_type(FILE_TYPE[qtype])
+    if hp.get("final_logit_softcapping"):
+        w.add_final_logit_softcapping(hp["final_logit_softcapping"])
+    w.add_sliding_window(hp["sliding_window"])
+    n_shared = hp["num_kv_shared_layers"]
+    w.add_shared_kv_layers(n_shared)
+    w.add_embedding_length_per_layer_input(hp.get("hidden_size_per_layer_input") or 0)
+    swa_layers = [t == "sliding_attention" for t in hp["layer_types"]]
+    w.add_sliding_window_pattern(swa_layers)
+    w.add_key_length(hp["global_head_dim"])
+    w.add_value_length(hp["global_head_dim"])
+    w.add_key_length_swa(hp["head_dim"])
+    w.add_value_length_swa(hp["head_dim"])
+    # find_hparam(["expert_intermediate_size", "moe_intermediate_size"]) (a KeyError when neither key exists)
+    moe = hp.get("expert_intermediate_size", hp.get("moe_intermediate_size"))
+    if moe is not None:
+        w.add_expert_feed_forward_length(moe)
+    n_ff = hp["intermediate_size"]
+    if hp.get("use_double_wide_mlp", False):
+        w.add_feed_forward_length([n_ff if i < n_layers - n_shared else 2 * n_ff for i in range(n_layers)])
+    else:
+        w.add_feed_forward_length(n_ff)
+    kv_full, kv_swa = hp.get("num_global_key_value_heads"), hp.get("num_key_value_heads")
+    if kv_full is not None and kv_swa is not None:
+        w.add_head_count_kv([kv_swa if is_swa else kv_full for is_swa in swa_layers])
+    else:
+        w.add_head_count_kv(hp.get("num_key_value_heads", 4))
+    w.add_rope_dimension_count(int(hp["global_head_dim"]))
+    w.add_rope_dimension_count_swa(int(hp["head_dim"] * rope.get("partial_rotary_factor", 1.0)))
+
+
+def gemma4_rope_freqs(model_dir: Path) -> np.ndarray:
+    """Gemma4Model.generate_extra_tensors: the frequency factors of the full layers' proportional RoPE."""
+    hp = raw_hparams(model_dir)
+    full = hp["rope_parameters"]["full_attention"]
+    assert full["rope_type"] == "proportional"
+    hd = hp["global_head_dim"]
+    n_rot = int(hd * full["partial_rotary_factor"] / 2)
+    return np.array([1.0] * n_rot + [1e30] * (hd // 2 - n_rot), dtype=np.float32)
+
+
+def gemma4_name(name: str, tmap: gguf.TensorNameMap) -> str | None:
+    """Gemma4Model.filter_tensors + modify_tensors: the GGUF name of one HF tensor, None when skipped."""
+    if any(m in name for m in _MULTIMODAL) or name == "lm_head.weight":
+        return None
+    name = name.replace("language_model.", "")
+    if name.endswith(("per_dim_scale", "layer_scalar")):
+        name += ".weight"
+    if ".experts." in name and not name.endswith(".weight"):
+        name += ".weight"
+    m = re.fullmatch(r"model\.layers\.(\d+)\.router\.(scale|per_expert_scale)", name)
+    if m:
+        key = gguf.MODEL_TENSOR.FFN_GATE_INP if m.group(2) == "scale" else gguf.MODEL_TENSOR.FFN_DOWN_EXP
+        return gguf.TENSOR_NAMES[key].format(bid=int(m.group(1))) + ".scale"
+    return tmap.get_name(name, try_suffixes=(".weight", ".bias"))
+
+
+def convert_tensor(name: str, data: np.ndarray, qtype: str, norm_plus_one: bool | float,
+                   new_name: str = "") -> tuple[np.ndarray, Any]:
+    """(data, ggml type) for one tensor, as prepare_tensors + modify_tensors do it (norm_plus_one: the shift)."""
     if name.endswith("norm.weight") and norm_plus_one:
-        data = data + np.float32(1.0)  # llama.cpp stores 1 + w
-    if data.ndim <= 1 or name.endswith("_norm.weight"):
+        data = data + np.float32(norm_plus_one)  # llama.cpp stores 1 + w (Gemma 1-3)
+    f32 = new_name.endswith((".scale", "ffn_gate_inp.weight"))  # prepare_tensors: FFN_GATE_INP, non-.weight names
+    if data.ndim <= 1 or name.endswith("_norm.weight") or new_name.endswith("_norm.weight") or f32:
         return data.astype(np.float32), gguf.GGMLQuantizationType.F32
     t = gguf.GGMLQuantizationType[qtype]
     try:
@@ -96,6 +231,8 @@ def write_gguf(
     qtype: str = "F32",
     *,
     norm_plus_one: bool = True,
+    norm_shift: float | None = None,
+    rope_freqs: np.ndarray | None = None,
     metadata: dict[str, Any] | None = None,
     drop: tuple[str, ...] = (),
     vocab_rows: int | None = None,
@@ -114,8 +251,11 @@ def write_gguf(
     model_dir, out = Path(model_dir), Path(out)
     cfg = load_config(model_dir)
     arch = ARCH[cfg.generation]
+    gemma4 = cfg.generation >= 4
+    # the converter's norm shift: 1 for Gemma 1-3, 0 for Gemma 4 (norm_shift overrides, to break a file)
+    shift = norm_shift if norm_shift is not None else (0.0 if gemma4 or not norm_plus_one else 1.0)
     w = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[arch], split_max_tensors=split_max_tensors)
-    write_metadata(w, model_dir, qtype)
+    (write_metadata_gemma4 if gemma4 else write_metadata)(w, model_dir, qtype)
     if tokenizer is not None:
         write_vocab(w, Path(tokenizer), cfg.vocab_size, edit_vocab)
     for key, value in (metadata or {}).items():
@@ -124,17 +264,26 @@ def write_gguf(
         if value is not None:
             w.add_key_value(key, value, _value_type(value))
     tmap = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
+    if gemma4 and any(s.type == "full_attention" for s in cfg.layers):  # generate_extra_tensors comes first
+        freqs = gemma4_rope_freqs(model_dir) if rope_freqs is None else rope_freqs
+        if "rope_freqs.weight" not in drop:
+            w.add_tensor("rope_freqs.weight", freqs.astype(np.float32), raw_dtype=gguf.GGMLQuantizationType.F32)
     for name, data in hf_tensors(model_dir).items():
-        name = name.replace("language_model.", "")  # Gemma3Model.modify_tensors
-        if name.startswith(_FOREIGN) or name == "lm_head.weight":
-            continue
-        new_name = tmap.get_name(name, try_suffixes=(".weight", ".bias"))
+        if gemma4:
+            new_name = gemma4_name(name, tmap)
+            if new_name is None:
+                continue
+        else:
+            name = name.replace("language_model.", "")  # Gemma3Model.modify_tensors
+            if name.startswith(_FOREIGN) or name == "lm_head.weight":
+                continue
+            new_name = tmap.get_name(name, try_suffixes=(".weight", ".bias"))
         assert new_name is not None, name
         if new_name in drop:
             continue
         if new_name == "token_embd.weight" and vocab_rows is not None:
             data = data[:vocab_rows]
-        data, t = convert_tensor(name, data, qtype, norm_plus_one)
+        data, t = convert_tensor(name, data, qtype, shift, new_name)
         w.add_tensor(new_name, data, raw_dtype=t)
     for name, data in (extra or {}).items():
         w.add_tensor(name, data)

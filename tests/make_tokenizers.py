@@ -17,7 +17,11 @@ it with sentencepiece's own trainer and writes them to
     Gemma vocabulary), and a ``<mask>`` control piece.
 ``gemma3.model``
     The same plus Gemma 3's image pieces (``<start_of_image>``,
-    ``<end_of_image>``, ``<image_soft_token>``) and a smaller vocabulary.
+    ``<end_of_image>``, ``<image_soft_token>``) and a smaller vocabulary: 512
+    pieces, exactly the ``vocab_size`` of the tiny checkpoints in
+    ``tests/data/models``. It is their tokenizer: the README tour copies it into
+    ``my-model/tokenizer.model`` (the fixtures themselves ship none, since tests
+    check what happens without one).
 ``dummy_prefix.model``
     Not Gemma: a dummy-prefix space, extra whitespace removed, no byte fallback
     and a character coverage below 1, so unknown characters become ``<unk>``.

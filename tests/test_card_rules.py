@@ -53,10 +53,30 @@ MUTATIONS = {
     "GEMMA004": _replace(
         " You must not use it for\nthe restricted uses in the [Gemma Prohibited Use Policy](https://ai.google.dev/gemma/prohibited_use_policy);\n"
         "these restrictions apply to anyone you distribute it to.", ""),
-    "GEMMA005": _replace("The model files in this repository were modified from the original Gemma weights by ACME Labs\n(supervised fine-tuning).", ""),
+    "GEMMA005": lambda root: (_replace("The model files in this repository were modified from the original Gemma weights by ACME Labs\n(supervised fine-tuning).", "")(root),
+                              _replace("a fine-tuned version of [google/gemma-2-9b]", "a chat model from [google/gemma-2-9b]")(root)),
     "GEMMA006": _replace("A chat model by ACME Labs", "**Authors**: Google\n\nA chat model"),
     "GEMMA007": lambda root: (root / "LICENSE").write_text(TERMS_COPY.replace("March 24, 2025", "January 1, 2023"), encoding="utf-8"),
+    "CARD013": _replace("A chat model by ACME Labs", "A chat model by ACME\u200bLabs"),
+    "CARD014": lambda root: (root / "tokenizer_config.json").write_text(
+        json.dumps({"chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"}), encoding="utf-8"),
+    "CARD015": lambda root: (write_gguf_metadata(root / "model.Q4_K_M.gguf", {"general.license": "apache-2.0"}),
+                             _replace("base_model_relation: finetune", "base_model_relation: quantized")(root)),
+    "CARD016": lambda root: (root / "SHA256SUMS").write_text("0" * 64 + "  config.json\n", encoding="utf-8"),
 }
+
+
+def write_gguf_metadata(path, kv: dict) -> None:
+    """A GGUF file with only metadata (no tensors): enough for the card's file checks."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "gemma2")
+    for k, v in kv.items():
+        w.add_string(k, v)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 @pytest.mark.parametrize("rule", sorted(MUTATIONS))
@@ -76,8 +96,13 @@ def test_card005_license_other_alone(tmp_path):
 
 
 def test_every_rule_is_registered_and_tested():
+    import release.card.filechecks  # noqa: F401
+    import release.card.hidden  # noqa: F401
+
     ids = {r for r in RULES if r.startswith(("CARD", "GEMMA"))}
     assert ids == set(MUTATIONS) | {"CARD005"}
+    # APACHE rules: tests/test_card_apache.py (a Gemma 4 release); the rest: tests/test_card_newrules.py
+    assert {r for r in RULES if r.startswith("APACHE")} == {"APACHE001", "APACHE002", "APACHE003"}
 
 
 # --- schema ---------------------------------------------------------------------------------
@@ -163,10 +188,16 @@ def test_fix_then_check_has_no_gemma_errors(tmp_path):
 def test_fix_gemma4_sets_apache(tmp_path):
     root = make_release(tmp_path / "rel", config={"model_type": "gemma4"}, notice=False, terms_copy=None,
                         readme=COMPLIANT_README.replace("google/gemma-2-9b", "google/gemma-4-31b"))
-    assert problems(check_path(root)) == {"GEMMA001"}
-    fix_card(root)
+    assert problems(check_path(root)) == {"GEMMA001", "APACHE001"}
+    changes = fix_card(root)
     assert load_card(root).metadata.license == "apache-2.0"
-    assert problems(check_path(root)) == set()
+    text = (root / "README.md").read_text(encoding="utf-8")
+    assert "## License (Apache-2.0)" in text and "apache.org/licenses/LICENSE-2.0" in text
+    assert "Apache License, Version 2.0" in (root / "NOTICE").read_text(encoding="utf-8")  # the Apache-2.0 form, not the Gemma sentence
+    assert any("Apache-2.0 form" in c for c in changes)
+    # the licence text itself is the publisher's to add: a link only is a warning
+    remaining = [f for f in check_path(root) if f.severity != "info"]
+    assert [(f.rule, f.severity) for f in remaining] == [("APACHE001", "warning")]
 
 
 def test_fix_refuses_unparsable_card_and_leaves_it(tmp_path):
@@ -220,3 +251,10 @@ def test_cli_notice_and_fix(tmp_path, monkeypatch, capsys):
 def test_cli_rules_table(monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "card", "rules")
     assert code == 0 and "| CARD005 | error |" in out and "GEMMA006" in out
+    # every rule the tool can report, not only the card's: weights, logits, tokens, GGUF, publish, Apache-2.0
+    from release.findings import RULES, load_all_rules
+
+    load_all_rules()
+    for prefix in ("WEIGHTS", "LOGITS", "TOKENS", "GGUF", "PUBLISH", "QUANT", "APACHE", "CARD013", "CARD016"):
+        assert f"| {prefix}" in out, prefix
+    assert all(f"| {r.id} | {r.severity} |" in out for r in RULES.values())

@@ -70,7 +70,7 @@ def test_current_rope_parameters_form():
 
 @pytest.mark.parametrize("edit, message", [
     (lambda r: r.update(model_type="mistral"), "unknown model_type 'mistral'"),
-    (lambda r: r.update(model_type="gemma3n"), "Gemma 3 family.*different architecture"),
+    (lambda r: r.update(model_type="recurrent_gemma"), "Gemma 1 family.*different architecture"),
     (lambda r: r.update(model_type="embedding_gemma2"), "encoder"),
     (lambda r: r.update(num_key_value_heads=3), "multiple of num_key_value_heads"),
     (lambda r: r.update(hidden_size="big"), "hidden_size must be an integer"),

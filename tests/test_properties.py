@@ -22,7 +22,10 @@ def test_causality(case, ids, extra):
     m = MODELS[case]
     short = m.forward(ids)
     long = m.forward(ids + extra)
-    np.testing.assert_allclose(long[: len(ids)], short, rtol=0, atol=1e-4)  # float32 rounding only; a mask bug moves logits by O(1)
+    # float32 rounding only; a mask bug moves logits by O(1). Gemma 4's tiny random nets (attention scale 1.0)
+    # amplify float32 rounding of different-length GEMMs to ~2e-4 (transformers' own f32-vs-f64 gap is as large).
+    atol = 1e-3 if m.config.generation >= 4 else 1e-4
+    np.testing.assert_allclose(long[: len(ids)], short, rtol=0, atol=atol)
 
 
 @SETTINGS

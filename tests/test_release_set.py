@@ -144,6 +144,7 @@ def test_verify_runs_on_the_staged_set_only(tmp_path):
     ("repo: a/b\nfiles: [README.md]\nfiles: [NOTICE]\n", "appears again"),
     ("repo: a/b\nfiles: &x [a, b]\n" + "".join(f"k{i}: &k{i} [*{'x' if i == 0 else f'k{i - 1}'}, *{'x' if i == 0 else f'k{i - 1}'}]\n" for i in range(120)),
      "alias"),
+    ("repo: a/b\nfiles: &f [a, *f]\n", "recursive alias"),
     ("repo: a/b\nfiles: [a]\nvariants:\n  - {format: gguf, quant: Q4_0, repo: a/b-GGUF, file: m.gguf, local_dir: ../elsewhere}\n", "outside"),
 ])
 def test_bad_release_yaml_is_a_clear_error_in_well_under_a_second(tmp_path, cli, text, message):
@@ -225,3 +226,22 @@ def test_checks_judge_exactly_what_the_dry_run_would_upload(tmp_path, present, f
         assert (not gemma003) == has_copy
         links = [f for f in p.findings if f.rule == "CARD011"]
         assert links == []  # the fixture card links no local file
+
+
+def test_hostile_config_through_verify_repo_is_exit_2_in_seconds(hub, env, tmp_path):
+    """config.json values are bounded wherever the config comes from: `num_hidden_layers: 1e9` on the Hub too."""
+    import shutil
+
+    rel = make_release(tmp_path / "h", "org/set-hostile-config")
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(Path(__file__).parent / "data/models/gemma1_mqa_bf16" / f, rel / f)
+    golden = Path(__file__).parent / "data/goldens/gemma1_mqa_bf16.safetensors"
+    cfg = json.loads((rel / "config.json").read_text())
+    cfg["num_hidden_layers"] = 1e9
+    (rel / "config.json").write_text(json.dumps(cfg))
+    assert run_cli(["publish", str(rel)], env, tmp_path).returncode == 0
+    t0 = time.perf_counter()
+    r = run_cli(["verify", "--repo", "org/set-hostile-config", "--golden", str(golden)], env, tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "num_hidden_layers" in r.stderr and "config.json" in r.stderr and "Traceback" not in r.stderr
+    assert time.perf_counter() - t0 < 20  # a subprocess start plus a download; never an attempt to build 1e9 layers

@@ -18,12 +18,14 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match, relevance
 
 from release.card import terms
+from release.card.text import _prose_lines, google_repo_for_name, named_base_models, prose  # noqa: F401  (re-exported)
+from release.card.upstream import Subject, subject_of
 from release.errors import InputError
 from release.files import atomic_write
 from release.findings import Finding, Rule, register_rules
@@ -187,6 +189,8 @@ def relation_findings(card: Card, rs: ReleaseSet | None) -> list[Finding]:
     inferred, why = _infer_relation(card, bases, rs)
     path, ptr = card.display_path, "/base_model_relation"
     line = card.line_of(ptr) if rel is not None else card.line_of("/base_model")
+    if rel is None and inferred == "quantized":
+        return []  # QUANT008 reports a quantized release without base_model_relation: quantized (card check runs both)
     if rel is None and inferred:
         return [Finding("CARD007", "warning", f"base_model_relation is missing; it is '{inferred}' ({why})", path, line, ptr)]
     if rel == "merge" and len(bases) < 2:
@@ -223,6 +227,7 @@ _TEXT_PLACEHOLDERS = [
     (re.compile(r"\bthe None dataset\b", re.IGNORECASE), "'the None dataset' (the trainer had no dataset name)"),
     (re.compile(r"\bTODO\b|\bTBD\b"), "TODO / TBD"),
     (re.compile(r"\bcoming soon\b", re.IGNORECASE), "'coming soon'"),
+    (re.compile(r"<!--\s*[\w -]*PLACEHOLDER[\w -]*-->"), "an unfilled <!-- ...PLACEHOLDER --> marker"),
 ]
 
 
@@ -270,52 +275,6 @@ def _walk(value: Any, pointer: str, depth: int = 0) -> Iterator[tuple[str, Any]]
         yield pointer, value
 
 
-def _prose_lines(body: str) -> Iterator[tuple[int, str]]:
-    """(0-based line offset, text) of body lines outside fenced code blocks."""
-    fence: str | None = None
-    for i, ln in enumerate(body.split("\n")):
-        s = ln.lstrip()
-        if fence is None and (s.startswith("```") or s.startswith("~~~")):
-            fence = s[:3]
-            continue
-        if fence is not None:
-            if s.startswith(fence):
-                fence = None
-            continue
-        yield i, ln
-
-
-def prose(body: str) -> str:
-    """The body without fenced code blocks (line count kept)."""
-    lines = body.split("\n")
-    keep = dict(_prose_lines(body))
-    return "\n".join(keep.get(i, "") for i in range(len(lines)))
-
-
-# "fine-tuned version of [google/gemma-7b]", "based on google/gemma-2-9b", "merge of a/b and c/d", ...
-_DERIVES = re.compile(
-    r"\b(?:fine[- ]?tuned|finetuned|fine-tune|finetune|based\s+on|version\s+of|merge\s+of|merged\s+from|"
-    r"quantized|quantised|quantization\s+of|derived\s+from|trained\s+from|adapter\s+for|continued\s+pre-?training\s+of)\b"
-    r"[^\n]{0,80}?\[?`?(?<![\w./-])([A-Za-z0-9][\w-]*/[\w.-]*[A-Za-z0-9])",
-    re.IGNORECASE,
-)
-
-
-def named_base_models(body: str) -> list[tuple[str, int]]:
-    """Repo ids the text names as what the model derives from, with 0-based line offsets."""
-    text = prose(body)
-    found: dict[str, int] = {}
-    for m in _DERIVES.finditer(text):
-        repo = m.group(1)
-        owner, name = repo.split("/", 1)
-        if "." in owner:  # a domain (github.com/...), not a Hub namespace
-            continue
-        if not re.search(r"[-_.\d]", name):  # "Korean/English" is prose; model names carry a size, version or dash
-            continue
-        found.setdefault(repo, text.count("\n", 0, m.start(1)))
-    return list(found.items())
-
-
 # [text](target "title"), ![alt](target), <a href="target">, <img src="target">, [label]: target
 _LINKS = [
     re.compile(r"!?\[(?:[^\]\n]|\][^(\n])*\]\(\s*<?([^)\s>]+)>?(?:\s+[\"'(][^)]*)?\)"),
@@ -359,7 +318,7 @@ def link_findings(card: Card, rs: ReleaseSet) -> list[Finding]:
 
 
 def derivative_findings(card: Card) -> list[Finding]:
-    """CARD010: the text names a base model but there is no base_model."""
+    """CARD010: the text names a base model but there is no base_model (the suggested base_model in the message)."""
     if card.metadata.base_models or card.missing or card.metadata_unreadable:
         return []
     named = named_base_models(card.body)
@@ -368,7 +327,7 @@ def derivative_findings(card: Card) -> list[Finding]:
     repo, off = named[0]
     others = f" (also names {', '.join(r for r, _ in named[1:3])})" if len(named) > 1 else ""
     return [Finding("CARD010", "warning", f"the card says the model derives from {repo}{others} but the metadata has no base_model; add base_model: {repo}",
-                    card.display_path, card.body_line + off, "/base_model")]
+                    card.display_path, card.body_line + off, "/base_model", extra={"suggested_base_model": repo})]
 
 
 # --- lineage, check, fix -----------------------------------------------------------------------
@@ -391,6 +350,8 @@ def infer_lineage(card: Card, rs: ReleaseSet | None = None) -> terms.Lineage:
     m = card.metadata
     if m.license == "gemma" or m.license_name == terms.TERMS_LICENSE_NAME:
         return terms.Lineage(True, None, "the license metadata")
+    if terms.find_terms_copy(card.body) is not None:
+        return terms.Lineage(True, None, "the copy of the Gemma Terms of Use in the card")
     text = prose(card.body)
     heading = _FIRST_HEADING.search(text)
     first_line = next((ln.strip().lstrip("#").strip() for ln in text.split("\n") if ln.strip()), "")
@@ -402,17 +363,39 @@ def infer_lineage(card: Card, rs: ReleaseSet | None = None) -> terms.Lineage:
     return terms.NOT_GEMMA
 
 
-def check_card(card: Card, rs: ReleaseSet | None = None) -> list[Finding]:
-    """Every CARD and GEMMA finding for a parsed card (and the release set it ships in, if any)."""
+def subject(card: Card, rs: ReleaseSet | None = None, repo_id: str | None = None) -> Subject:
+    """Upstream (Google's own model) or derivative: the repo checked, release.yaml's repo, then the card itself."""
+    release_repo = rs.config.repo if rs is not None and rs.config is not None else None
+    return subject_of(card, release_repo, repo_id)
+
+
+def check_card(card: Card, rs: ReleaseSet | None = None, *, repo_id: str | None = None,
+               upstream_files: Iterable[str] | None = None) -> list[Finding]:
+    """Every CARD, GEMMA and APACHE finding for a parsed card (and the release set it ships in, if any).
+
+    ``repo_id``: the Hub repo the card is checked as (``card check --repo-id``); a repo of Google's own
+    namespace is the upstream, to which the derivative-only rules do not apply.
+    ``upstream_files``: file names of the upstream repo when known (APACHE002 looks for its NOTICE).
+    """
+    from release.card.filechecks import checksum_findings, gguf_license_findings, template_findings
+    from release.card.hidden import hidden_text_findings
+
+    who = subject(card, rs, repo_id)
     findings = structure_findings(card)
     findings += schema_findings(card)
     findings += license_findings(card)
     findings += relation_findings(card, rs)
     findings += placeholder_findings(card)
-    findings += derivative_findings(card)
+    findings += hidden_text_findings(card)
+    if not who.upstream:
+        findings += derivative_findings(card)
+    lineage = infer_lineage(card, rs)
     if rs is not None:
         findings += link_findings(card, rs)
-    findings += terms.check_terms(card, infer_lineage(card, rs), rs)
+        findings += template_findings(rs, lineage.generation if lineage.is_gemma else None)
+        findings += gguf_license_findings(card, rs)
+        findings += checksum_findings(rs)
+    findings += terms.check_terms(card, lineage, rs, upstream=who.upstream, upstream_files=upstream_files)
     return findings
 
 
@@ -421,7 +404,7 @@ def check_text(text: str, path: str = "README.md") -> list[Finding]:
     return check_card(parse_card(text, path))
 
 
-def check_path(path: Path | str) -> list[Finding]:
+def check_path(path: Path | str, *, repo_id: str | None = None) -> list[Finding]:
     """All card and Terms of Use findings for a README.md or a release directory.
 
     Raises :class:`InputError` when the path does not exist or the card cannot be read.
@@ -429,11 +412,11 @@ def check_path(path: Path | str) -> list[Finding]:
     p = Path(path)
     readme, release_dir = _card_file(p)
     if release_dir is None:
-        return check_card(parse_card(_read_text(readme), readme))
-    return check_release_set(resolve(release_dir))
+        return check_card(parse_card(_read_text(readme), readme), repo_id=repo_id)
+    return check_release_set(resolve(release_dir), repo_id=repo_id)
 
 
-def check_release_set(rs: ReleaseSet) -> list[Finding]:
+def check_release_set(rs: ReleaseSet, *, repo_id: str | None = None, upstream_files: Iterable[str] | None = None) -> list[Finding]:
     """Card and Terms of Use findings for a release set: its README.md, judged with the set's files only.
 
     The card is read from the directory even when the set leaves it out (CARD012 says so):
@@ -449,7 +432,7 @@ def check_release_set(rs: ReleaseSet) -> list[Finding]:
         if "README.md" not in rs:
             findings.append(Finding("CARD012", "error", "README.md is not in the release's files: the card (and its licence) would not be uploaded",
                                     str(rs.config.path if rs.config else readme)))
-    findings += check_card(card, rs)
+    findings += check_card(card, rs, repo_id=repo_id, upstream_files=upstream_files)
     note = rs.left_out_finding()
     return findings + ([note] if note else [])
 
@@ -481,18 +464,23 @@ def fix_card(path: Path | str) -> list[str]:
 
     section = _missing_section(card, lineage, rs)
     if section:
-        new_text = _append_section(new_text, section)
-        changes.append(f"{readme}: added a '{terms.TERMS_SECTION_HEADING.lstrip('# ')}' section ({_describe_section(section)})")
+        heading = terms.APACHE_SECTION_HEADING if lineage.generation == 4 else terms.TERMS_SECTION_HEADING
+        new_text = _append_section(new_text, section, heading)
+        changes.append(f"{readme}: added a '{heading.lstrip('# ')}' section ({_describe_section(section)})")
 
     # NOTICE first, then the card: an interrupt between the two never leaves a fixed card without its NOTICE.
-    if rs is not None and lineage.under_terms:
-        notice_findings = [f for f in terms.check_terms(parse_card(new_text, readme), lineage, rs) if f.rule == "GEMMA002"]
-        if notice_findings:
-            notice = terms.write_notice(rs.root)
-            changes.append(f"{notice}: added the required NOTICE sentence")
+    if rs is not None and lineage.is_gemma:
+        if lineage.under_terms:
+            notice_needed = any(f.rule == "GEMMA002" for f in terms.check_terms(parse_card(new_text, readme), lineage, rs))
+        else:  # Gemma 4: an Apache-2.0 attribution NOTICE (keeps an upstream NOTICE's content when there is one)
+            notice_needed = not any(terms._NOTICE_NAME.match(f.path) and terms.APACHE_NOTICE_TEXT in " ".join((rs.read_text(f.path) or "").split())
+                                    for f in rs.top_level())
+        if notice_needed:
+            notice = terms.write_notice(rs.root, lineage)
+            changes.append(f"{notice}: added the required NOTICE {'sentence' if lineage.under_terms else 'text (Apache-2.0 form)'}")
             rel = notice.relative_to(rs.root).as_posix()
             if rs.config is not None and resolve(rs.root).get(rel) is None:
-                changes.append(f"{rs.config.path}: add {rel!r} to files, or the NOTICE will not be uploaded (card check reports GEMMA002 until then)")
+                changes.append(f"{rs.config.path}: add {rel!r} to files, or the NOTICE will not be uploaded (card check reports it until then)")
     if new_text != text:
         try:
             atomic_write(readme, new_text)
@@ -530,15 +518,18 @@ def _license_updates(meta: CardData, lineage: terms.Lineage) -> dict[str, Any]:
 def _missing_section(card: Card, lineage: terms.Lineage, rs: ReleaseSet | None) -> str:
     text = card.text
     endorsement = [f for f in terms.check_terms(card, lineage, None) if f.rule == "GEMMA006" and f.severity == "error"]
+    derived = bool(card.metadata.base_models) or (rs is not None and terms.adapter_or_gguf(rs))
+    if lineage.generation == 4:  # Apache-2.0: the licence named and linked, modified files stated
+        linked = any(u in text for u in ("apache.org/licenses/LICENSE-2.0", "ai.google.dev/gemma/apache_2"))
+        return terms.apache_section(link=not linked, modification=derived and not terms.says_files_differ(card.body),
+                                    disclaimer=bool(endorsement))
     if not lineage.under_terms:
         return terms.terms_section(restrictions=False, modification=False, disclaimer=bool(endorsement), link=False)
-    modified = bool(card.metadata.base_models) or terms.says_weights_modified(card.body) or (
-        rs is not None and terms.adapter_or_gguf(rs))
     no_copy = rs is not None and any(
         f.rule == "GEMMA003" and f.severity == "error" for f in terms.check_terms(card, lineage, rs))
     return terms.terms_section(
         restrictions=not terms.mentions_use_restrictions(text),
-        modification=modified and not terms.states_modification(text),
+        modification=derived and not terms.says_files_differ(card.body),
         disclaimer=bool(endorsement),
         link=no_copy,  # no copy of the terms in the release and no link to them: link the official page
     )
@@ -548,6 +539,8 @@ def _describe_section(section: str) -> str:
     parts = []
     if terms.NOTICE_TEXT in section:
         parts.append("terms notice and link")
+    if "Apache License, Version 2.0" in section:
+        parts.append("Apache-2.0 licence named and linked")
     for label in ("Use restrictions", "Modified files", "No endorsement"):
         if f"**{label}.**" in section:
             parts.append(label.lower())
@@ -558,16 +551,16 @@ def _newline(text: str) -> str:
     return "\r\n" if "\r\n" in text else "\n"
 
 
-def _append_section(text: str, section: str) -> str:
-    """Append `section` under the Terms of Use heading (reusing the heading if the card has it)."""
+def _append_section(text: str, section: str, heading: str = terms.TERMS_SECTION_HEADING) -> str:
+    """Append `section` under `heading` (reusing the heading if the card has it)."""
     nl = _newline(text)
     section = section.replace("\n", nl)
     lines = text.split(nl)
     for i, ln in enumerate(lines):
-        if ln.strip() == terms.TERMS_SECTION_HEADING:
+        if ln.strip() == heading:
             return nl.join(lines[: i + 1] + ["", section] + lines[i + 1 :])
     tail = "" if not text or text.endswith(nl) else nl
-    return f"{text}{tail}{nl if text.strip() else ''}{terms.TERMS_SECTION_HEADING}{nl}{nl}{section}{nl}"
+    return f"{text}{tail}{nl if text.strip() else ''}{heading}{nl}{nl}{section}{nl}"
 
 
 def set_metadata(card: Card, updates: dict[str, Any]) -> str:
@@ -597,15 +590,18 @@ def set_metadata(card: Card, updates: dict[str, Any]) -> str:
     return "".join(lines)
 
 
-def check_release_card(path: Path | str, hub: object = None) -> list[Finding]:
-    """What `card check` reports: card and Terms of Use findings plus the variant-table (QUANT) findings.
+def check_release_card(path: Path | str, hub: object = None, *, repo_id: str | None = None,
+                       upstream_files: Iterable[str] | None = None) -> list[Finding]:
+    """What `card check` reports: card, Terms of Use / Apache-2.0 findings plus the variant-table (QUANT) findings.
 
     For a release directory both judge its release set (release.yaml's files, or the whole directory).
+    ``repo_id`` is the Hub repo the card is checked as (Google's own repos are the upstream).
     """
     from release.card.variants import check_variants  # variants builds on card parsing, so import it late
 
     p = Path(path)
     if not p.is_dir():
-        return check_path(p) + check_variants(p, hub=hub)
+        return check_path(p, repo_id=repo_id) + check_variants(p, hub=hub, repo_id=repo_id)
     rs = resolve(p)
-    return check_release_set(rs) + check_variants(p, rs.config, hub=hub, release_set=rs)
+    return (check_release_set(rs, repo_id=repo_id, upstream_files=upstream_files)
+            + check_variants(p, rs.config, hub=hub, release_set=rs, repo_id=repo_id))

@@ -786,36 +786,121 @@ def _metadata(text: str) -> tuple[dict, int | None]:
     return fm.data or {}, fm.open_line
 
 
-def _is_quantized_release(card_dir: Path, cfg, release_set=None) -> bool:  # noqa: ANN001
+_QUANT_TAGS = {"gguf", "awq", "gptq", "exl2", "exl3", "bnb", "bitsandbytes", "4-bit", "8-bit", "4bit", "8bit", "fp8", "int4", "int8",
+               "nf4", "w4a16", "w8a8", "quantized", "llamafile", "mlx-4bit", "mlx-8bit", "imatrix", "gguf-my-repo", "autoawq", "auto-gptq"}
+_QUANT_NAME = re.compile(r"(?:^|[-_ .])(gguf|awq|gptq|exl2|exl3|bnb-4bit|bnb-8bit|4bit|8bit|4-bit|8-bit|fp8|int4|int8|nf4|w4a16|w8a8|"
+                         r"mlx-\dbit|\d+(?:[._]\d+)?bpw|llamafile|imat(?:rix)?)(?=$|[-_ .])", re.IGNORECASE)
+_QUANT_TEXT = re.compile(
+    r"\bconverted\s+to\s+gguf\b|\bgguf\s+quanti[sz]ation\s*:|"
+    r"\b(?:gguf|awq|gptq|exl2|fp8|mlx|bnb|nf4|int4|int8)[- ]quanti[sz]ed\s+(?:version|model|weights)\b|"
+    r"\bquanti[sz]ed\s+(?:\d-?bit\s+)?(?:model\s+|version\s+|weights\s+)?(?:with|using|by)\s+`?(?:bitsandbytes|auto-?awq|auto-?gptq|gptq|awq|llama\.cpp|exllamav2|mlx)",
+    re.IGNORECASE,
+)
+_ADAPTER_LIBS = {"peft"}
+
+
+def quantized_because(card_text: str, card_dir: Path, cfg, release_set=None, repo_id: str | None = None) -> str | None:  # noqa: ANN001
+    """Why this release is a quantized variant (GGUF, bitsandbytes, AWQ, GPTQ, FP8, EXL2, MLX, ...), or None.
+
+    Evidence: release.yaml's relation, the set's files (.gguf / .llamafile), ``quantization_config`` in
+    config.json, the card's tags / library / ``quantized_by``, the repo name or card title (``-GGUF``,
+    ``bnb-4bit``, ``-AWQ``, ``6.5bpw`` ...), and explicit statements ("converted to GGUF format").
+    """
     if cfg is not None and cfg.base_model_relation == "quantized":
-        return True
-    if release_set.with_suffix(".gguf") if release_set is not None else any(card_dir.glob("*.gguf")):
-        return True
-    config = card_dir / "config.json"
-    if config.is_file() and config.stat().st_size < 1_000_000:
+        return "release.yaml says base_model_relation: quantized"
+    if release_set is not None:
+        files = release_set.with_suffix(".gguf", ".llamafile")
+        if files:
+            return f"the release holds {files[0].path}"
+        raw = release_set.read_text("config.json", 1_000_000)
+    else:
+        if any(card_dir.glob("*.gguf")):
+            return "the directory holds .gguf files"
+        config = card_dir / "config.json"
+        raw = None
+        if config.is_file() and config.stat().st_size < 1_000_000:
+            try:
+                raw = config.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                raw = None
+    if raw:
         try:
-            data = json.loads(config.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            return False
-        return isinstance(data, dict) and "quantization_config" in data
-    return False
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        qc = data.get("quantization_config") if isinstance(data, dict) else None
+        if isinstance(data, dict) and "quantization_config" in data:
+            method = qc.get("quant_method") if isinstance(qc, dict) else None
+            return f"config.json has quantization_config{f' ({method})' if method else ''}"
+    meta, _ = _metadata(card_text)
+    if str(meta.get("library_name") or "").lower() in _ADAPTER_LIBS:
+        return None  # an adapter (trained with QLoRA or not) is not a quantized copy of the base
+    tags = meta.get("tags")
+    tags = [tags] if isinstance(tags, str) else [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+    hit = next((t for t in tags if t.lower() in _QUANT_TAGS), None)
+    if hit:
+        return f"the card is tagged {hit!r}"
+    if str(meta.get("library_name") or "").lower() == "gguf":
+        return "library_name is gguf"
+    if meta.get("quantized_by"):
+        return f"the card says quantized_by: {meta.get('quantized_by')}"
+    if repo_id and _QUANT_NAME.search(repo_id.rsplit("/", 1)[-1]):
+        return f"the repo name {repo_id} says so"
+    body = card_text[card_text.find("\n---", 3) + 4:] if card_text.startswith("---") else card_text
+    title = next((ln.strip().lstrip("#").strip() for ln in body.splitlines() if ln.strip()), "")
+    if _QUANT_NAME.search(title.replace("—", " ")):
+        return f"the card title {title[:60]!r} says so"
+    m = _QUANT_TEXT.search(body)
+    if m:
+        return f"the card says {m.group(0)[:60]!r}"
+    return None
 
 
-def relation_findings(card_text: str, card_dir: Path, cfg, path: str, release_set=None) -> list[Finding]:  # noqa: ANN001
-    """QUANT008: a quantized release's card names its base model and the 'quantized' relation."""
-    if not _is_quantized_release(card_dir, cfg, release_set):
+def _suggest_base(card_text: str, repo_id: str | None, cfg) -> str | None:  # noqa: ANN001
+    if cfg is not None and cfg.base_model:
+        return cfg.base_model[0]
+    from release.card.text import google_repo_for_name, named_base_models
+
+    named = named_base_models(card_text)
+    if named:
+        return named[0][0]
+    if repo_id:
+        name = repo_id.rsplit("/", 1)[-1]
+        while True:
+            stripped = re.sub(r"[-_.](?:gguf|awq|gptq|exl2|bnb|4bit|8bit|fp8|int4|int8|nf4|mlx|unsloth|imat(?:rix)?|q\d_k_[a-z]+|q\d_\d)$", "", name, flags=re.IGNORECASE)
+            if stripped == name:
+                break
+            name = stripped
+        return google_repo_for_name(name)
+    return None
+
+
+def relation_findings(card_text: str, card_dir: Path, cfg, path: str, release_set=None, repo_id: str | None = None) -> list[Finding]:  # noqa: ANN001
+    """QUANT008: a quantized release's card names its base model and the 'quantized' relation (not for the upstream)."""
+    why = quantized_because(card_text, card_dir, cfg, release_set, repo_id)
+    if why is None:
         return []
+    from release.card.cardfile import parse_card
+    from release.card.upstream import subject_of
+
+    release_repo = cfg.repo if cfg is not None else None
+    if subject_of(parse_card(card_text, path), release_repo, repo_id).upstream:
+        return []  # Google's own quantized repos are the upstream
     meta, line = _metadata(card_text)
     out = []
     if not meta.get("base_model"):
-        hint = f" (e.g. base_model: {cfg.base_model[0]})" if cfg is not None and cfg.base_model else ""
-        out.append(Finding("QUANT008", "error", f"this is a quantized variant but the card metadata has no base_model{hint}", path=path, line=line, pointer="/base_model"))
+        base = _suggest_base(card_text, repo_id, cfg)
+        hint = f"; add base_model: {base}" if base else ""
+        out.append(Finding("QUANT008", "error", f"this is a quantized variant ({why}) but the card metadata has no base_model{hint}",
+                           path=path, line=line, pointer="/base_model", extra={"suggested_base_model": base} if base else {}))
     if meta.get("base_model_relation") != "quantized":
-        out.append(Finding("QUANT008", "error", "this is a quantized variant: set base_model_relation: quantized in the card metadata", path=path, line=line, pointer="/base_model_relation"))
+        out.append(Finding("QUANT008", "error", f"this is a quantized variant ({why}): set base_model_relation: quantized in the card metadata",
+                           path=path, line=line, pointer="/base_model_relation"))
     return out
 
 
-def check_variants(card_path_or_dir: Path | str, release_cfg=None, hub: object = None, release_set=None) -> list[Finding]:  # noqa: ANN001
+def check_variants(card_path_or_dir: Path | str, release_cfg=None, hub: object = None, release_set=None,  # noqa: ANN001
+                   repo_id: str | None = None) -> list[Finding]:
     """Every QUANT finding for a card (README.md) or a release directory.
 
     ``release_cfg``: a :class:`release.release_yaml.ReleaseConfig`; when None and a
@@ -848,7 +933,7 @@ def check_variants(card_path_or_dir: Path | str, release_cfg=None, hub: object =
     if unchecked:
         findings.append(Finding("QUANT010", "info", f"{unchecked} variant link(s) not checked against files (no local copy; check with Hub access)", path=path))
     findings.extend(_table_findings(text, release_cfg, listing, path))
-    findings.extend(relation_findings(text, card.parent, release_cfg, path, release_set))
+    findings.extend(relation_findings(text, card.parent, release_cfg, path, release_set, repo_id))
     return findings
 
 

@@ -3,7 +3,9 @@
 transformers (with torch) is a development extra: it is imported only when the
 ``transformers`` backend is asked for, so nothing else ever needs it. It runs in
 float32 with eager attention, the only attention path that keeps Gemma 2's
-soft-capping.
+soft-capping (and the only one Gemma 4's audio tower accepts), and, for Gemma 4's
+mixture of experts, eager experts (each routed expert's own matmuls, as the model
+code writes them; transformers 5.24 would otherwise pick grouped_mm).
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ import numpy as np
 from release.errors import InputError
 
 BACKENDS = ("gemma_ref", "transformers")
+# config model_type of a multimodal release -> the transformers class that loads it whole
+MULTIMODAL_CLASSES = {
+    "gemma3": "Gemma3ForConditionalGeneration",
+    "gemma4": "Gemma4ForConditionalGeneration",  # E2B/E4B (vision + audio), 31B, 26B-A4B (vision)
+    "gemma4_unified": "Gemma4UnifiedForConditionalGeneration",  # the 12B: encoder-free vision/audio
+}
 
 
 def gemma_ref_logits(model_dir: Path, sequences: list[np.ndarray],
@@ -40,11 +48,16 @@ def transformers_logits(model_dir: Path, sequences: list[np.ndarray],
     from transformers import AutoConfig
 
     cfg = AutoConfig.from_pretrained(model_dir)
-    if getattr(cfg, "model_type", None) == "gemma3":  # multimodal checkpoint: run its text path through the full model
-        from transformers import Gemma3ForConditionalGeneration as cls
-    else:
+    model_type = getattr(cfg, "model_type", None)
+    # Multimodal checkpoints run their text path through the full model, which reads the weights
+    # where they are (model.language_model.*) and applies what the release applies (Gemma 4: soft-cap 30).
+    if model_type in MULTIMODAL_CLASSES:
+        cls = getattr(transformers, MULTIMODAL_CLASSES[model_type])
+    else:  # gemma, gemma2, gemma3_text, gemma4_text (Gemma4ForCausalLM), gemma4_unified_text
         from transformers import AutoModelForCausalLM as cls
-    model = cls.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    extra = {"experts_implementation": "eager"} if getattr(text_cfg, "enable_moe_block", False) else {}
+    model = cls.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager", **extra)
     model.eval()
     out = []
     with torch.no_grad():

@@ -275,8 +275,10 @@ def metadata_findings(reader: gguf.GGUFReader, cfg: GemmaConfig, path: Path) -> 
     K, A, R = gguf.Keys.LLM, gguf.Keys.Attention, gguf.Keys.Rope
     check(K.BLOCK_COUNT, cfg.num_hidden_layers, "num_hidden_layers")
     check(K.EMBEDDING_LENGTH, cfg.hidden_size, "hidden_size")
-    check(K.FEED_FORWARD_LENGTH, cfg.intermediate_size, "intermediate_size")
     check(A.HEAD_COUNT, cfg.num_attention_heads, "num_attention_heads")
+    if cfg.generation >= 4:
+        return out + _gemma4_findings(reader, cfg, a, path, check)
+    check(K.FEED_FORWARD_LENGTH, cfg.intermediate_size, "intermediate_size")
     check(A.HEAD_COUNT_KV, cfg.num_key_value_heads, "num_key_value_heads", cfg.num_attention_heads, known_default=True)
     # Without key_length llama.cpp takes n_embd / n_head: 192 for gemma-7b, whose heads are 256 wide.
     check(A.KEY_LENGTH, cfg.head_dim, "head_dim", cfg.hidden_size // cfg.num_attention_heads, known_default=True)
@@ -298,6 +300,124 @@ def metadata_findings(reader: gguf.GGUFReader, cfg: GemmaConfig, path: Path) -> 
             check(A.SLIDING_WINDOW, cfg.sliding_window, "sliding_window")
     out += _llama_cpp_assumptions(reader, cfg, a, path)
     return out
+
+
+def _gemma4_findings(reader: gguf.GGUFReader, cfg: GemmaConfig, a: str, path: Path, check) -> list[Finding]:
+    """Gemma 4's keys (Gemma4Model.set_gguf_parameters on top of Gemma3Model's and TextModel's) against the config.
+
+    Per-layer values are compared layer by layer: a scalar key stands for every layer, an array has one
+    entry per layer (llama.cpp reads ``head_count_kv`` and ``feed_forward_length`` either way).
+    """
+    where, out = str(path), []
+    K, A, R = gguf.Keys.LLM, gguf.Keys.Attention, gguf.Keys.Rope
+    L = cfg.num_hidden_layers
+    spec = cfg.layers
+
+    def per_layer(key: str, want: list[Any], what: str, default: Any = None) -> None:
+        full = key.format(arch=a)
+        have = metadata(reader, full, path)
+        if have is None:
+            if default is None:
+                out.append(Finding("GGUF002", "warning", f"{full} is missing (the original's {what} per layer: "
+                                                         f"{_short(want)})", path=where))
+                return
+            have, full = default, f"{full} (missing; llama.cpp's default {default!r})"
+        values = have if isinstance(have, list) else [have] * L
+        if len(values) != L:
+            out.append(Finding("GGUF001", "error", f"{full} has {len(values)} entries for {L} layers", path=where))
+            return
+        bad = [i for i, (h, w) in enumerate(zip(values, want)) if not _same(h, w)]
+        if bad:
+            shown = ", ".join(f"layer {i}: {values[i]!r} vs {want[i]!r}" for i in bad[:4])
+            out.append(Finding("GGUF001", "error", f"{full} disagrees with the original's {what} on {len(bad)} of {L} "
+                                                   f"layers ({shown}{' …' if len(bad) > 4 else ''})", path=where))
+
+    full_dims = {s.head_dim for s in spec if s.type == FULL}
+    swa_dims = {s.head_dim for s in spec if s.type == SLIDING}
+    per_layer(K.FEED_FORWARD_LENGTH, [s.intermediate_size for s in spec], "MLP width (intermediate_size)")
+    per_layer(A.HEAD_COUNT_KV, [s.num_key_value_heads for s in spec], "key/value heads",
+              default=cfg.num_attention_heads)  # llama.cpp's default: as many as query heads
+    # One width per layer type in GGUF: key_length for full layers, key_length_swa for sliding ones.
+    if len(full_dims) == 1:
+        (d,) = full_dims
+        check(A.KEY_LENGTH, d, "full layers' head width (global_head_dim)", cfg.hidden_size // cfg.num_attention_heads,
+              known_default=True)
+        check(A.VALUE_LENGTH, d, "full layers' head width (global_head_dim)", cfg.hidden_size // cfg.num_attention_heads,
+              known_default=True)
+        check(R.DIMENSION_COUNT, d, "full layers' head width (the converter states full rotation; rope_freqs "
+                                    "carries the proportion)")
+    if len(swa_dims) == 1:
+        (d,) = swa_dims
+        check(A.KEY_LENGTH_SWA, d, "sliding layers' head width (head_dim)")
+        check(A.VALUE_LENGTH_SWA, d, "sliding layers' head width (head_dim)")
+        check(R.DIMENSION_COUNT_SWA, int(d * cfg.rope_local.proportion), "sliding layers' rotated width")
+        check(R.FREQ_BASE_SWA, cfg.rope_local.theta, "sliding layers' rope_theta")
+    if len(full_dims) > 1 or len(swa_dims) > 1:
+        out.append(Finding("GGUF003", "warning", "the original's layers of one type differ in head width "
+                                                 f"(full: {sorted(full_dims)}, sliding: {sorted(swa_dims)}); GGUF has "
+                                                 "one key_length per layer type", path=where))
+    check(A.LAYERNORM_RMS_EPS, cfg.rms_norm_eps, "rms_norm_eps")
+    check(K.CONTEXT_LENGTH, cfg.max_position_embeddings, "max_position_embeddings")
+    check(R.FREQ_BASE, cfg.rope_global.theta, "full layers' rope_theta", 10_000.0, known_default=True)
+    out.extend(_rope_scaling(reader, cfg, a, path))
+    check(K.ATTN_LOGIT_SOFTCAPPING, cfg.attn_logit_softcapping, "attn_logit_softcapping")
+    check(K.FINAL_LOGIT_SOFTCAPPING, cfg.final_logit_softcapping, "final_logit_softcapping")
+    check(A.SLIDING_WINDOW, cfg.sliding_window, "sliding_window")
+    key = A.SLIDING_WINDOW_PATTERN.format(arch=a)
+    pattern = metadata(reader, key, path)
+    kinds = ", ".join("L" if t == SLIDING else "G" for t in cfg.layer_types)
+    if pattern is None:
+        out.append(Finding("GGUF002", "warning", f"{key} is missing (the original's layers: {kinds})", path=where))
+    elif _layer_kinds(pattern, L) != cfg.layer_types:
+        out.append(Finding("GGUF001", "error", f"{key} is {_short(pattern)}; the original's layers are {kinds}",
+                           path=where))
+    check(A.SHARED_KV_LAYERS, cfg.num_kv_shared_layers, "num_kv_shared_layers")
+    check(K.EMBD_LENGTH_PER_LAYER_INP, cfg.hidden_size_per_layer_input, "hidden_size_per_layer_input (0: no PLE)")
+    check(K.EXPERT_COUNT, cfg.num_experts or None, "num_experts")
+    check(K.EXPERT_USED_COUNT, cfg.top_k_experts or None, "top_k_experts")
+    check(K.EXPERT_FEED_FORWARD_LENGTH, cfg.moe_intermediate_size or None, "moe_intermediate_size")
+    return out
+
+
+def rope_freqs_findings(t: gguf.ReaderTensor | None, cfg: GemmaConfig, path: Path) -> list[Finding]:
+    """Gemma 4's proportional RoPE as llama.cpp gets it: ``rope_freqs.weight`` against the config (full layers).
+
+    llama.cpp divides each pair's frequency by its factor: the converter writes 1.0 for the first
+    int(global_head_dim * partial_rotary_factor / 2) pairs and 1e30 (no rotation) for the rest.
+    """
+    if cfg.generation < 4 or not any(s.type == FULL for s in cfg.layers):
+        return []
+    where, hd, rope = str(path), cfg.global_head_dim, cfg.rope_global
+    base = np.float32(1.0) / np.float32(rope.theta) ** (np.arange(0, hd, 2, dtype=np.float32) / np.float32(hd))
+    want = base.copy()
+    n_rot = int(rope.proportion * hd // 2) if rope.proportion < 1.0 else hd // 2
+    want[n_rot:] = 0
+    what = (f"the original rotates {n_rot} of the {hd // 2} dimension pairs of full layers "
+            f"(partial_rotary_factor {rope.proportion:g})")
+    if t is None:
+        if n_rot == hd // 2:
+            return []
+        return [Finding("GGUF001", "error", f"{ROPE_FREQS} is missing: llama.cpp would rotate all {hd // 2} dimension "
+                                            f"pairs; {what}", path=where)]
+    try:
+        ff = dequantize(t).reshape(-1)
+    except _READ_ERRORS + (NotImplementedError,) as e:
+        return [Finding("GGUF001", "error", f"{ROPE_FREQS} cannot be decoded ({e})", path=where)]
+    if ff.shape != (hd // 2,) or not np.all(ff > 0):
+        return [Finding("GGUF001", "error", f"{ROPE_FREQS} has {ff.size} entries (or non-positive ones); full layers "
+                                            f"have {hd // 2} dimension pairs", path=where)]
+    eff = base / ff  # what llama.cpp rotates by
+    if not np.allclose(eff, want, rtol=1e-5, atol=1e-12):
+        rotated = int(np.sum(eff > 1e-12))
+        return [Finding("GGUF001", "error", f"{ROPE_FREQS} makes llama.cpp rotate {rotated} dimension pairs of full "
+                                            f"layers (or at other speeds); {what}", path=where)]
+    return []
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, list) and len(v) > 8:
+        return repr(v[:8])[:-1] + ", …]"
+    return repr(v)
 
 
 def _layer_kinds(pattern: Any, n_layers: int) -> tuple[str, ...] | None:
@@ -365,13 +485,15 @@ def _llama_cpp_assumptions(reader: gguf.GGUFReader, cfg: GemmaConfig, a: str, pa
 class GGUFWeights:
     """Lazy float32 access to a GGUF's Gemma tensors, under the reference's (HF) names.
 
-    ``norm_plus_one=False`` reads norm weights as stored (only for files known to lack the +1).
+    ``norm_plus_one=False`` reads norm weights as stored (only for files known to lack the +1). Gemma 4
+    norms are read as stored either way: its converter adds nothing (:data:`NORM_SHIFT`).
     """
 
     def __init__(self, path: str | os.PathLike, cfg: GemmaConfig, norm_plus_one: bool = True):
         self.path = Path(path)
         self.cfg = cfg
         self.norm_plus_one = norm_plus_one
+        self.norm_shift = np.float32(NORM_SHIFT[cfg.generation] if norm_plus_one else 0.0)
         self.parts = open_gguf_parts(self.path)  # one reader, or one per part of a split file
         self.tensors = {}
         for part, r in self.parts:
@@ -418,31 +540,65 @@ class GGUFWeights:
                 hint = f"the file's architecture is {arch!r}, the original is Gemma {self.cfg.generation}: is --against right?"
             shown = "; ".join(problems[:8]) + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else "")
             raise InputError(f"GGUF does not fit the original's config.json: {shown}", self.path, hint=hint)
+        self.findings += rope_freqs_findings(self.tensors.get(ROPE_FREQS), self.cfg, self.path)
         rows = min(numpy_shape(self.tensors["token_embd.weight"])[0], numpy_shape(self.tensors[head])[0])
         if rows < self.cfg.vocab_size:
             self.findings.append(Finding("GGUF004", "warning" if self.cfg.generation < 3 else "info",
                                          f"the GGUF holds {rows} of the original's {self.cfg.vocab_size} vocabulary rows "
                                          "(llama.cpp's Gemma 3 converter drops the padding past the tokenizer); logits are "
                                          f"compared over ids 0..{rows - 1}", path=str(self.path)))
-        unused = sorted(set(self.tensors) - set(self.names.values()) - {head})
+        unused = sorted(set(self.tensors) - set(self.names.values()) - {head, ROPE_FREQS})
+        shared = self._kv_shared_leftovers(unused)
+        if shared:  # Gemma 4 E2B/E4B: the converter keeps the K/V tensors real files carry on KV-shared layers
+            unused = [n for n in unused if n not in shared]
+            self.findings.append(Finding("GGUF004", "info", f"{len(shared)} K/V tensors of KV-shared layers are in the "
+                                         f"GGUF ({', '.join(shared[:3])}{' …' if len(shared) > 3 else ''}): those layers "
+                                         "reuse an earlier layer's K/V, so they are never read", path=str(self.path)))
         if unused:
             self.findings.append(Finding("GGUF004", "info", f"{len(unused)} GGUF tensors not used by the text model "
                                          f"({', '.join(unused[:5])}{' …' if len(unused) > 5 else ''})", path=str(self.path)))
         return rows, head
 
+    def _kv_shared_leftovers(self, names: list[str]) -> list[str]:
+        """The GGUF names among ``names`` that are K/V tensors of Gemma 4 KV-shared layers."""
+        if self.cfg.generation < 4:
+            return []
+        tmap = gguf.get_tensor_name_map(ARCH_OF_GENERATION[4], self.cfg.num_hidden_layers)
+        kv = {tmap.get_name(f"model.layers.{i}.self_attn.{t}.weight", try_suffixes=(".weight",))
+              for i, s in enumerate(self.cfg.layers) if s.kv_source is not None for t in ("k_proj", "v_proj", "k_norm")}
+        return [n for n in names if n in kv]
+
     # --- what the forward pass asks for ------------------------------------------------------------
 
     def tensor(self, rel: str) -> np.ndarray:
-        """One tensor (HF name without prefix) in float32 and HF shape, norms without llama.cpp's +1."""
+        """One tensor (HF name without prefix) in float32 and HF shape, norms without the converter's +1 (Gemma 1-3)."""
         w = dequantize(self.tensors[self.names[rel]])
-        if is_norm(rel) and self.norm_plus_one:
-            w = w - np.float32(1.0)  # llama.cpp stores 1 + w; the reference's rms_norm adds the 1 itself
+        if is_norm(rel) and self.norm_shift:
+            w = w - self.norm_shift  # llama.cpp stores 1 + w for Gemma 1-3; the reference's rms_norm adds the 1 itself
         return w
 
-    def layer(self, i: int) -> dict[str, np.ndarray]:
-        """All tensors of layer i in float32, keyed by their HF name inside the layer (dequantized now)."""
+    def layer(self, i: int) -> dict[str, Any]:
+        """All tensors of layer i in float32, keyed by their HF name inside the layer (dequantized now).
+
+        Gemma 4's packed experts come as :class:`ExpertStack`: ``[e]`` dequantizes expert e alone,
+        so a layer's experts never sit in memory in float32 as a whole.
+        """
         p = f"layers.{i}."
-        return {rel[len(p):]: self.tensor(rel) for rel in self.names if rel.startswith(p)}
+        return {rel[len(p):]: ExpertStack(self.tensors[self.names[rel]]) if rel.endswith(_EXPERTS) else self.tensor(rel)
+                for rel in self.names if rel.startswith(p)}
+
+    def per_layer_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Gemma 4 PLE: rows of per_layer_token_embd in float32, only those rows dequantized.  [T] -> [T, L*P]"""
+        t = self.tensors[self.names["embed_tokens_per_layer.weight"]]
+        ids = np.asarray(ids)
+        if ids.size and int(ids.max()) >= numpy_shape(t)[0]:
+            raise InputError(f"token id {int(ids.max())} has no row in the GGUF's per-layer embedding "
+                             f"({numpy_shape(t)[0]} rows)", self.path)
+        return dequantize(t, ids)
+
+    def per_layer_projection(self) -> tuple[np.ndarray, np.ndarray]:
+        """Gemma 4 PLE's context part: per_layer_model_proj [L*P, D] and per_layer_proj_norm [P], float32."""
+        return self.tensor("per_layer_model_projection.weight"), self.tensor("per_layer_projection_norm.weight")
 
     def embedding_rows(self, ids: np.ndarray) -> np.ndarray:
         """E[ids] in float32, unscaled (the model scales).  [T] -> [T, hidden]"""
@@ -502,6 +658,29 @@ class GGUFWeights:
             "vocab_rows": self.vocab_rows,
             "output_head": self.head,
         }
+
+
+class ExpertStack:
+    """A GGUF's packed expert tensor ([E, out, in] in HF order), dequantized one expert at a time.
+
+    ``stack[e]`` is expert e's [out, in] matrix in float32 -- what ``gemma_ref.model.moe`` indexes;
+    the GGUF's rows of one expert are contiguous, so only that expert's blocks are decoded.
+    """
+
+    def __init__(self, t: gguf.ReaderTensor):
+        self._t = t
+        self.shape = numpy_shape(t)
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, e: int) -> np.ndarray:
+        return dequantize(self._t, int(e))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:  # the whole stack, for tests and reports
+        w = dequantize(self._t)
+        return w if dtype is None else w.astype(dtype)
 
 
 def _undecodable(t: gguf.ReaderTensor) -> str | None:

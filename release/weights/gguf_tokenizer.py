@@ -85,9 +85,12 @@ def vocab_findings(reader: gguf.GGUFReader, gguf_path: Path, model_dir: Path, cf
         return [Finding("GGUF006", "error", f"the GGUF carries no vocabulary ({KEY.LIST} is missing): llama.cpp "
                                             "cannot load it", path=where)]
     out: list[Finding] = []
-    if model != "llama":
-        out.append(Finding("GGUF006", "error", f"{KEY.MODEL} is {model!r}; Gemma's tokenizer is SentencePiece "
-                                               "(\"llama\" in llama.cpp)", path=where))
+    # Gemma4Model.set_vocab (llama.cpp conversion/gemma.py @ 061b8c5f) writes "gemma4" (pieces from
+    # tokenizer.json via LlamaHfVocab); GemmaModel..Gemma3Model write "llama" (SentencePiece).
+    want_model = "gemma4" if cfg.generation >= 4 else "llama"
+    if model != want_model:
+        out.append(Finding("GGUF006", "error", f"{KEY.MODEL} is {model!r}; llama.cpp's converter writes {want_model!r} "
+                                               f"for Gemma {cfg.generation}'s tokenizer", path=where))
     types = _per_token(reader, KEY.TOKEN_TYPE, gguf_path, len(tokens), out)  # [] when unusable (then reported)
     scores = _per_token(reader, KEY.SCORES, gguf_path, len(tokens), out)
 

@@ -87,8 +87,12 @@ def norm_findings(variant, original, path: str) -> list[Finding]:  # noqa: ANN00
 
     Each norm is classified by the nearest of three explanations, which lie exactly 1 apart in every
     element: as expected (r = w), +1 missing in the file (r = w - 1), +1 left in by the reader (r = w + 1).
+    Gemma 4's converter stores norms as they are (its RMSNorm is x * w), so there r = w + 1 means a file
+    written with the Gemma 1-3 convention: llama.cpp would scale by 1 + w.
     """
     from release.weights.gguf_reader import is_norm
+
+    gemma4 = variant.cfg.generation >= 4
 
     cases: dict[str, list[str]] = {"missing": [], "extra": [], "differs": []}
     for rel in (r for r in variant.names if is_norm(r)):
@@ -100,6 +104,15 @@ def norm_findings(variant, original, path: str) -> list[Finding]:  # noqa: ANN00
         if best != "ok":
             cases[best].append(variant.names[rel])
     out = []
+    if gemma4:
+        if cases["extra"]:
+            out.append(Finding("GGUF005", "error", f"{len(cases['extra'])} norm weights ({_some(cases['extra'])}) are "
+                               "stored as 1 + w: Gemma 4's RMSNorm multiplies by w and llama.cpp's Gemma 4 converter "
+                               "stores it as is (the +1 is Gemma 1-3's), so llama.cpp would scale by 1 + w", path=path))
+        if cases["missing"]:
+            out.append(Finding("GGUF005", "error", f"{len(cases['missing'])} norm weights ({_some(cases['missing'])}) "
+                               "are stored as w - 1: llama.cpp would scale Gemma 4's norms by w - 1", path=path))
+        cases["extra"] = cases["missing"] = []
     if cases["missing"]:
         out.append(Finding("GGUF005", "error", f"{len(cases['missing'])} norm weights ({_some(cases['missing'])}) are "
                            "stored without the +1 llama.cpp's Gemma converters add: llama.cpp would scale by w instead "

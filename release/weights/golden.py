@@ -251,15 +251,28 @@ def read_golden(path: str | os.PathLike) -> Golden:
 # --- making a golden file ----------------------------------------------------------------------------
 
 
+#: ``storage=None`` (the CLI's default) keeps full rows up to this many bytes of logits, top-k beyond:
+#: a 262,144-wide row is 1 MB a position, so a few real prompts would make a golden of gigabytes.
+AUTO_FULL_LIMIT = 64 << 20
+
+
+def auto_storage(n_positions: int, vocab_size: int) -> str:
+    """"full" when every row fits in :data:`AUTO_FULL_LIMIT` bytes of float32, else "topk"."""
+    return "full" if n_positions * vocab_size * 4 <= AUTO_FULL_LIMIT else "topk"
+
+
 def make_golden(model_dir: str | os.PathLike, out: str | os.PathLike, prompts: list[PromptSpec],
-                backend: str = "gemma_ref", storage: str = "full", topk: int = 64, model_name: str | None = None,
+                backend: str = "gemma_ref", storage: str | None = "full", topk: int = 64, model_name: str | None = None,
                 revision: str | None = None, progress=None) -> Golden:
-    """Compute logits for the prompts with a backend and write them as a golden file."""
+    """Compute logits for the prompts with a backend and write them as a golden file.
+
+    ``storage=None`` picks by size (:func:`auto_storage`); ``golden.storage`` says which was used.
+    """
     from gemma_ref.config import load_config
     from gemma_ref.model import validate_ids
     from release.weights.backends import compute_logits
 
-    if storage not in STORAGES:
+    if storage is not None and storage not in STORAGES:
         raise InputError(f"storage must be one of {', '.join(STORAGES)}, not {storage!r}")
     if topk < 1:
         raise InputError("--topk must be at least 1")
@@ -267,6 +280,8 @@ def make_golden(model_dir: str | os.PathLike, out: str | os.PathLike, prompts: l
     cfg = load_config(model_dir)
     specs = resolve_prompt_ids(prompts, model_dir)
     sequences = [validate_ids(p.ids, cfg.vocab_size) for p in specs]
+    if storage is None:
+        storage = auto_storage(sum(len(s) for s in sequences), cfg.vocab_size)
     logits, version = compute_logits(backend, model_dir, sequences, progress)
     golden = Golden(
         prompts=[make_prompt(p.name, ids, lg, storage, topk, p.text, p.messages)

@@ -1,11 +1,45 @@
-"""`gemma-release inspect`: what a checkpoint is, from its config and safetensors headers only."""
+"""`gemma-release inspect`: what a checkpoint is, from its config and safetensors headers only.
+
+``inspect --json`` keys (every generation): path, model_type, generation, variant (the
+``gemma_ref.config.KNOWN_VARIANTS`` name with exactly these shapes, or null), architectures,
+nested_multimodal_config, tensor_prefix, vocab_size, hidden_size, intermediate_size,
+num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim, attention (summary),
+query_pre_attn_scalar, attn_logit_softcapping, final_logit_softcapping, rope_global / rope_local
+(theta, linear_factor), parameters (counted in the files' headers), parameters_human,
+parameters_expected_from_config, storage_dtypes, declared_dtype, files, bytes_on_disk(_human),
+float32_bytes, errors, warnings.
+
+Models with per-layer geometry (Gemma 4; Gemma 3n too) add ``per_layer`` (see :func:`per_layer_summary`):
+
+* ``attention_scale``: the factor on q.k (Gemma 4: 1.0; no query_pre_attn_scalar, no head_dim**-0.5);
+* ``layer_types``: per type ("sliding_attention", "full_attention"): ``layers`` (indices),
+  ``head_dim``, ``num_key_value_heads``, ``k_eq_v`` (no v_proj: V is the raw k_proj output),
+  ``intermediate_size`` (each an int, or a sorted list when the layers of the type differ),
+  ``rope`` {type "default" | "linear" | "proportional", theta, linear_factor,
+  partial_rotary_factor, rotated_dims (of head_dim)}, ``sliding_window`` (sliding only);
+* ``per_layer_embeddings``: null, or {hidden_size_per_layer_input, vocab_size_per_layer_input,
+  table_parameters} (the ``embed_tokens_per_layer`` table);
+* ``kv_sharing``: null, or {num_kv_shared_layers, sources: {layer: the layer whose K/V it reuses}};
+* ``double_wide_mlp``: null, or {layers, intermediate_size} (E2B's KV-shared layers);
+* ``moe``: null, or {num_experts, top_k_experts, moe_intermediate_size, dense_intermediate_size,
+  expert_parameters (one expert, one layer)};
+* ``parameters_active_per_token``: parameters one token runs through (MoE: the top-k experts of
+  each layer; else all of them), from the files' counts; ``parameters_active_expected_from_config``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from gemma_ref.config import load_config, match_variant
+from gemma_ref.config import (
+    FULL,
+    SLIDING,
+    GemmaConfig,
+    Rope,
+    load_config,
+    match_variant,
+)
 from gemma_ref.weights import Weights
 from release.files import check_model_files
 
@@ -24,6 +58,60 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def _one_or_all(values: list[int]) -> int | list[int]:
+    """The value the layers share, or every distinct value (sorted) when they differ."""
+    distinct = sorted(set(values))
+    return distinct[0] if len(distinct) == 1 else distinct
+
+
+def _rope(rope: Rope, head_dim: int | list[int]) -> dict[str, Any]:
+    kind = "proportional" if rope.proportion < 1.0 else "linear" if rope.linear_factor != 1.0 else "default"
+    hd = head_dim if isinstance(head_dim, int) else max(head_dim)
+    # the reference's rope_inv_freq: the first int(p * Hd // 2) pairs rotate, the others stay put
+    return {"type": kind, "theta": rope.theta, "linear_factor": rope.linear_factor,
+            "partial_rotary_factor": rope.proportion, "rotated_dims": 2 * int(rope.proportion * hd // 2)}
+
+
+def per_layer_summary(cfg: GemmaConfig, parameters: int) -> dict[str, Any]:
+    """The per-layer geometry of a Gemma 4 config, by layer type, plus PLE, KV sharing, MLP width, MoE."""
+    types: dict[str, Any] = {}
+    for t, rope in ((SLIDING, cfg.rope_local), (FULL, cfg.rope_global)):
+        idx = [i for i, s in enumerate(cfg.layers) if s.type == t]
+        if not idx:
+            continue
+        specs = [cfg.layers[i] for i in idx]
+        head_dim = _one_or_all([s.head_dim for s in specs])
+        types[t] = {"layers": idx, "head_dim": head_dim,
+                    "num_key_value_heads": _one_or_all([s.num_key_value_heads for s in specs]),
+                    "k_eq_v": any(s.k_eq_v for s in specs),
+                    "intermediate_size": _one_or_all([s.intermediate_size for s in specs]),
+                    "rope": _rope(rope, head_dim)}
+        if t == SLIDING:
+            types[t]["sliding_window"] = cfg.sliding_window
+    P = cfg.hidden_size_per_layer_input
+    sources = {str(i): s.kv_source for i, s in enumerate(cfg.layers) if s.kv_source is not None}
+    wide = [i for i, s in enumerate(cfg.layers) if s.intermediate_size != cfg.intermediate_size]
+    not_routed = cfg.expected_parameters() - cfg.expected_parameters(active=True)
+    return {
+        "attention_scale": cfg.query_pre_attn_scalar ** -0.5,  # Gemma 4 stores 1.0: scores are q.k as they are
+        "layer_types": types,
+        "per_layer_embeddings": {"hidden_size_per_layer_input": P,
+                                 "vocab_size_per_layer_input": cfg.vocab_size_per_layer_input,
+                                 "table_parameters": cfg.vocab_size_per_layer_input * cfg.num_hidden_layers * P}
+        if P else None,
+        "kv_sharing": {"num_kv_shared_layers": cfg.num_kv_shared_layers, "sources": sources} if sources else None,
+        "double_wide_mlp": {"layers": wide, "intermediate_size": _one_or_all([cfg.layers[i].intermediate_size
+                                                                               for i in wide])}
+        if cfg.use_double_wide_mlp and wide else None,
+        "moe": {"num_experts": cfg.num_experts, "top_k_experts": cfg.top_k_experts,
+                "moe_intermediate_size": cfg.moe_intermediate_size, "dense_intermediate_size": cfg.intermediate_size,
+                "expert_parameters": 3 * cfg.hidden_size * cfg.moe_intermediate_size}
+        if cfg.num_experts else None,
+        "parameters_active_per_token": parameters - not_routed,
+        "parameters_active_expected_from_config": cfg.expected_parameters(active=True),
+    }
+
+
 def inspect_model(model_dir: str | Path) -> dict[str, Any]:
     """A JSON-safe summary; reads headers, never tensor data."""
     model_dir = Path(model_dir)
@@ -32,7 +120,7 @@ def inspect_model(model_dir: str | Path) -> dict[str, Any]:
     w = Weights(model_dir, cfg, check=False)
     try:
         params = w.parameter_count()
-        return {
+        info = {
             "path": str(model_dir),
             "model_type": cfg.model_type,
             "generation": cfg.generation,
@@ -65,6 +153,9 @@ def inspect_model(model_dir: str | Path) -> dict[str, Any]:
             "errors": [i.message for i in w.issues if i.severity == "error"],
             "warnings": [i.message for i in w.issues if i.severity != "error"],
         }
+        if cfg.layers:  # Gemma 4: per-layer geometry
+            info["per_layer"] = per_layer_summary(cfg, params)
+        return info
     finally:
         w.close()
 
@@ -93,6 +184,8 @@ def render_inspect(info: dict[str, Any]):
                   f"float32 would need {info['float32_bytes'] / (1 << 30):.2f} GiB"),
         ("tensor prefix", repr(info["tensor_prefix"])),
     ]
+    if info.get("per_layer"):
+        rows = _per_layer_rows(info, rows)
     for k, v in rows:
         t.add_row(k, v)
     for e in info["errors"]:
@@ -100,3 +193,67 @@ def render_inspect(info: dict[str, Any]):
     for wmsg in info["warnings"]:
         t.add_row("[yellow]warning[/]", wmsg)
     return t
+
+
+def _per_layer_rows(info: dict[str, Any], rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Gemma 4's rows: its heads, scale, RoPE and MLP per layer type, PLE, KV sharing and experts."""
+    g = info["per_layer"]
+    out = []
+    for k, v in rows:
+        if k == "parameters" and g["moe"]:
+            v += (f"; {_human_count(g['parameters_active_per_token'])} active per token "
+                  f"({g['parameters_active_per_token']:,})")
+        if k == "heads":
+            v = f"{info['num_attention_heads']} query heads"
+            for t, d in g["layer_types"].items():
+                kind = "sliding" if t == SLIDING else "full"
+                kv = f"{d['num_key_value_heads']} key/value" + (" (K=V: no v_proj, V is the raw k_proj output)"
+                                                                if d["k_eq_v"] else "")
+                v += f"; {kind}: head_dim {d['head_dim']}, {kv}"
+        elif k == "attention scale":
+            v = f"{g['attention_scale']:g} (no query_pre_attn_scalar: q_norm / k_norm carry the temperature)"
+        elif k == "rope":
+            parts = []
+            for t, d in g["layer_types"].items():
+                r = d["rope"]
+                s = f"{'sliding' if t == SLIDING else 'full'}: {r['type']} base {r['theta']:g}"
+                if r["type"] == "proportional":
+                    s += (f", partial_rotary_factor {r['partial_rotary_factor']:g} "
+                          f"({r['rotated_dims']} of {d['head_dim']} dims rotate)")
+                if r["linear_factor"] != 1.0:
+                    s += f", linear x{r['linear_factor']:g}"
+                parts.append(s)
+            v = "; ".join(parts)
+        elif k == "hidden / intermediate" and g["double_wide_mlp"]:
+            w = g["double_wide_mlp"]
+            v += f" ({w['intermediate_size']} on the {len(w['layers'])} KV-shared layers: double-wide MLP)"
+        out.append((k, v))
+        if k == "layers":
+            ple, kv, moe = g["per_layer_embeddings"], g["kv_sharing"], g["moe"]
+            if ple:
+                out.append(("per-layer embeddings", (
+                    f"{ple['hidden_size_per_layer_input']} per layer, table {ple['vocab_size_per_layer_input']} rows "
+                    f"(vocab_size_per_layer_input) x {info['num_hidden_layers']} layers = "
+                    f"{_human_count(ple['table_parameters'])} parameters")))
+            if kv:
+                by_source: dict[int, list[int]] = {}
+                for layer, src in kv["sources"].items():
+                    by_source.setdefault(src, []).append(int(layer))
+                out.append(("KV sharing", f"the last {kv['num_kv_shared_layers']} layers reuse K/V: " + "; ".join(
+                    f"{_ranges(ls)} from layer {src}" for src, ls in sorted(by_source.items()))))
+            if moe:
+                out.append(("experts", (
+                    f"{moe['num_experts']} experts, top-{moe['top_k_experts']} per token, expert width "
+                    f"{moe['moe_intermediate_size']}, next to a dense MLP of {moe['dense_intermediate_size']}")))
+    return out
+
+
+def _ranges(layers: list[int]) -> str:
+    """[15, 16, 17, 19] -> "layers 15-17, 19"."""
+    layers = sorted(layers)
+    parts, start = [], layers[0]
+    for a, b in zip(layers, layers[1:] + [None]):
+        if b != a + 1:
+            parts.append(f"{start}" if start == a else f"{start}-{a}")
+            start = b
+    return ("layer " if len(layers) == 1 else "layers ") + ", ".join(parts)
