@@ -97,11 +97,19 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return y
 
 
-def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """A projection by a weight stored [out, in], as PyTorch stores it.  [T, in] -> [T, out]"""
+def linear(x: np.ndarray, w: np.ndarray, lora=None) -> np.ndarray:
+    """A projection by a weight stored [out, in], as PyTorch stores it.  [T, in] -> [T, out]
+
+    `lora`: an adapter's low-rank update of this projection (adapters.py), added on the fly as
+    W x + scale * B (A x); an adapted model's layer hands its weights out with it (`w.lora`).
+    """
+    if lora is None and hasattr(w, "lora"):
+        w, lora = w.base, w.lora
     if w.dtype == f32:
-        return (w @ x.T).T  # = x @ w.T; BLAS runs this orientation ~10% faster for a prompt's worth of rows
-    return matmul_stored(x, w)  # still bf16/f16 in the file: converted to float32 a few rows at a time
+        y = (w @ x.T).T  # = x @ w.T; BLAS runs this orientation ~10% faster for a prompt's worth of rows
+    else:
+        y = matmul_stored(x, w)  # still bf16/f16 in the file: converted to float32 a few rows at a time
+    return y if lora is None else lora.apply(x, y, w)
 
 
 def mlp(x: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
@@ -704,6 +712,20 @@ def validate_ids(token_ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.n
     return ids.astype(np.int64)
 
 
-def load_model(path: str | os.PathLike, cache_weights: bool = False) -> Model:
-    """Open a model directory (config.json + safetensors) after checking its structure."""
-    return Model(path, cache_weights=cache_weights)
+def load_model(path: str | os.PathLike, cache_weights: bool = False, base: str | os.PathLike | None = None) -> Model:
+    """Open a model directory (config.json + safetensors) after checking its structure.
+
+    An adapter directory (adapter_config.json, PEFT's LoRA) runs on its `base` model directory
+    (default: the config's base_model_name_or_path, when that is a local directory); see adapters.py.
+    """
+    from gemma_ref import adapters
+
+    if not adapters.is_adapter_dir(path):
+        if base is not None:
+            raise InputError("--base / base= is for adapters, but this directory has no adapter_config.json", path)
+        return Model(path, cache_weights=cache_weights)
+    model = Model(adapters.resolve_base(path, base), cache_weights=cache_weights)
+    model.adapter = adapters.load_adapter(path, model.weights)
+    model.weights = adapters.AdaptedWeights(model.weights, model.adapter)
+    model.path = os.fspath(path)
+    return model

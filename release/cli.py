@@ -48,6 +48,9 @@ _state = {"debug": False}
 
 ModelArg = Annotated[Path, typer.Argument(help="Model directory (config.json + safetensors).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+BaseOpt = Annotated[Optional[Path], typer.Option("--base", help="For a LoRA adapter MODEL (adapter_config.json): its base "
+                                                 "model directory (default: the adapter's base_model_name_or_path, "
+                                                 "when local).", show_default=False)]
 
 
 def _finite(value: float | None) -> float | None:
@@ -212,11 +215,11 @@ def _progress_callback(bar):
 
 
 @app.command()
-def inspect(model: ModelArg, json_out: JsonOpt = False) -> None:
-    """Show a checkpoint's generation, sizes, parameter count, storage dtype and bytes on disk."""
-    from release.weights.inspect import inspect_model, render_inspect
+def inspect(model: ModelArg, json_out: JsonOpt = False, base: BaseOpt = None) -> None:
+    """Show a checkpoint's generation, sizes, parameter count, storage dtype and bytes on disk (or an adapter's)."""
+    from release.weights.inspect import inspect_adapter, inspect_model, render_inspect
 
-    info = inspect_model(model)
+    info = inspect_adapter(model, base) if (model / "adapter_config.json").is_file() or base else inspect_model(model)
     out.print_json(data=info) if json_out else out.print(render_inspect(info))
     raise typer.Exit(1 if info["errors"] else 0)
 
@@ -235,13 +238,15 @@ def golden(
     topk: Annotated[int, typer.Option(help="k for --storage topk.", min=1)] = 64,
     name: Annotated[Optional[str], typer.Option(help="Model name/repo id to record (default: the path).")] = None,
     revision: Annotated[Optional[str], typer.Option(help="Model revision to record.")] = None,
+    base: BaseOpt = None,
 ) -> None:
     """Compute golden logits for prompts and write them to a golden file."""
     from release.weights.golden import make_golden
     from release.weights.prompts import select_prompts
 
     specs = select_prompts(ids, prompts)
-    if any(p.ids is None for p in specs) and not (model / "tokenizer.model").is_file() and (model / "config.json").is_file():
+    if (any(p.ids is None for p in specs) and not (model / "tokenizer.model").is_file() and (model / "config.json").is_file()
+            and base is None):
         what = "the built-in prompts are text" if prompts is None else "the prompts file holds text"
         raise InputError(f"{what}, and the model has no tokenizer.model to turn them into ids", model,
                          hint="pass token ids instead, e.g. --ids 2,651,6037 (repeatable), or a --prompts file of ids, "
@@ -249,7 +254,7 @@ def golden(
     with _progress() as bar:
         step = _progress_callback(bar)
         g = make_golden(model, out_file, specs, backend, storage, topk, name, revision,
-                        lambda done, total: step(f"logits ({backend})", done, total))
+                        lambda done, total: step(f"logits ({backend})", done, total), base)
     n_tok = sum(len(p.ids) for p in g.prompts)
     why = ""
     if storage is None:  # say why, since the user did not choose
@@ -281,6 +286,7 @@ def verify(
     scan: Annotated[bool, typer.Option("--scan/--no-scan", help="Scan every weight for NaN/Inf first.")] = True,
     json_out: JsonOpt = False,
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the JSON report to this file (e.g. for `variants table --fidelity`).")] = None,
+    base: BaseOpt = None,
 ) -> None:
     """Check a checkpoint against a golden file, or a GGUF variant against its original. Exit 0 pass, 1 fail, 2 bad input."""
     from release.weights.verify import Tolerance, render_report, verify_model, write_report_json
@@ -308,7 +314,7 @@ def verify(
         tol = Tolerance(atol=1e-4 if atol is None else atol, rtol=rtol, max_kl=max_kl, min_top1=min_top1, max_mean_kl=max_mean_kl,
                         **({} if row_rtol is None else {"row_rtol": row_rtol}))
         with _progress() as bar:
-            report = verify_model(model, golden_file, tol, scan, _progress_callback(bar))
+            report = verify_model(model, golden_file, tol, scan, _progress_callback(bar), base)
     if out_file is not None:
         write_report_json(report, out_file)
     if json_out:
@@ -318,15 +324,95 @@ def verify(
     raise typer.Exit(0 if report.ok else 1)
 
 
-@app.command("export")
-def export_cmd(
-    gguf_file: Annotated[Path, typer.Argument(help="A Gemma .gguf (llama.cpp's format; the first part of a split one).", show_default=False)],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory to create (must not exist, or be empty).", show_default=False)],
-    dtype: Annotated[Literal["auto", "float32", "bfloat16", "float16"],
-                     typer.Option(help="Storage dtype; auto: exact (float32 for quantized tensors, else the stored float type).")] = "auto",
+@app.command()
+def diagnose(
+    model: ModelArg,
+    candidate: Annotated[Path, typer.Option("--candidate", "-c", help="The other implementation's logits: a golden file, "
+                                            "or an .npz with input_ids [T] or [N, T] and logits [T, V] or [N, T, V].",
+                                            show_default=False)],
     json_out: JsonOpt = False,
 ) -> None:
-    """Rebuild a Hugging Face checkpoint (config.json, safetensors, tokenizer.model) from a Gemma GGUF."""
+    """Name the known Gemma port bug (or pair) a wrong model's logits match. Exit 0 matches the reference, 1 a bug or
+    nothing explains it, 2 bad input."""
+    from release.weights.diagnose import diagnose as run
+    from release.weights.diagnose import render
+
+    with _progress() as bar:
+        step = _progress_callback(bar)
+        report = run(model, candidate, progress=lambda done, total: step("bug variants", done, total))
+    out.print_json(data=report) if json_out else out.print(escape(render(report)))
+    raise typer.Exit(0 if report["best"] == "none" else 1)
+
+
+@app.command("trace")
+def trace_cmd(
+    model: ModelArg,
+    ids: Annotated[str, typer.Option("--ids", help="The token ids to run, e.g. '2,651,6037'.", show_default=False)],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Trace file to write (safetensors).", show_default=False)],
+    detail: Annotated[bool, typer.Option("--detail", help="Also each layer's q, k, v, attention and MLP outputs.")] = False,
+    bug: Annotated[Optional[str], typer.Option("--bug", help="Trace with known bugs switched on (ids joined by '+').")] = None,
+) -> None:
+    """Save the residual stream after every layer (named like transformers' output_hidden_states)."""
+    from gemma_ref.bugs import parse
+    from release.weights.prompts import parse_ids
+    from release.weights.trace import meta_for, trace, write_trace
+
+    try:
+        bug_ids = [b.id for b in parse(bug)] if bug else []
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    seq = parse_ids(ids).ids
+    t = trace(model, seq, detail, bug_ids)
+    write_trace(t, out_file, meta_for(model, t["input_ids"], detail, bug_ids))
+    n = sum(k.startswith("hidden_states.") for k in t)
+    out.print(f"wrote {out_file}: {n} hidden states" + (", with q/k/v/attention/MLP per layer" if detail else ""))
+
+
+@app.command("trace-diff")
+def trace_diff_cmd(
+    a: Annotated[Path, typer.Argument(help="Trace A (the reference, e.g. from `gemma-release trace`).", show_default=False)],
+    b: Annotated[Path, typer.Argument(help="Trace B (same tensor names).", show_default=False)],
+    atol: Annotated[float, typer.Option(help="Absolute tolerance.", min=0, callback=_finite)] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Tolerance relative to max |A| of the tensor.", min=0, callback=_finite)] = 1e-4,
+    every: Annotated[bool, typer.Option("--all", help="Show every tensor, not only the hidden states.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Per layer, max and relative error between two traces, and the first layer where they part. Exit 1 when they do."""
+    from release.weights.trace import read_trace, render_diff, trace_diff
+
+    report = trace_diff(read_trace(a), read_trace(b), atol, rtol)
+    out.print_json(data=report) if json_out else out.print(escape(render_diff(report, every)))
+    raise typer.Exit(1 if report["parted"] else 0)
+
+
+@app.command("export")
+def export_cmd(
+    gguf_file: Annotated[Path, typer.Argument(help="A Gemma .gguf (llama.cpp's format; the first part of a split one), "
+                                                   "or with --merge a LoRA adapter directory.", show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory to create (must not exist, or be empty).", show_default=False)],
+    dtype: Annotated[Literal["auto", "float32", "bfloat16", "float16"],
+                     typer.Option(help="Storage dtype; auto: exact (float32 for quantized tensors, else the stored float type; "
+                                       "float32 for --merge).")] = "auto",
+    json_out: JsonOpt = False,
+    merge: Annotated[bool, typer.Option("--merge", help="Merge a LoRA adapter (the argument) into its base and write "
+                                        "the result as a plain checkpoint.")] = False,
+    base: BaseOpt = None,
+) -> None:
+    """Rebuild a Hugging Face checkpoint (config.json, safetensors, tokenizer.model) from a Gemma GGUF, or merge an adapter."""
+    if merge or base is not None:
+        from release.weights.merge import merge_adapter
+
+        if not merge:
+            raise typer.BadParameter("--base goes with --merge (an adapter directory to merge into its base)")
+        with _progress() as bar:
+            res = merge_adapter(gguf_file, out_dir, base, dtype, _progress_callback(bar))
+        if json_out:
+            out.print_json(data=res)
+        else:
+            out.print(escape(f"wrote {res['out']}: {res['adapter']} merged into {res['base']} ({res['merged_projections']} "
+                             f"projections, {res['tensors']} tensors, {res['dtype']}, {res['bytes'] / 2**20:.1f} MiB) "
+                             f"in {res['seconds']:.1f} s"))
+        return
     from release.weights.export import export_gguf
 
     with _progress() as bar:
@@ -359,20 +445,26 @@ def generate(
     cache_weights: Annotated[bool, typer.Option("--cache-weights", help="Keep weights in float32 after first use "
                                                 "(2x the bf16 size in RAM; faster prompts).")] = False,
     json_out: JsonOpt = False,
+    base: BaseOpt = None,
 ) -> None:
     """Generate text with the reference model, streaming tokens as they come (KV cache, greedy or sampled)."""
     import json
 
     from gemma_ref.generate import Sampling, TextStream, generate as run, stop_ids
-    from gemma_ref.model import Model
+    from gemma_ref import adapters
+    from gemma_ref.model import load_model
     from gemma_ref.tokenizer import Tokenizer
 
     from release.files import check_model_files
 
     check_model_files(model)  # a FIFO among the model files would block gemma_ref's readers
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    tok = Tokenizer(model)
-    with Model(model, cache_weights=cache_weights) as m:
+    tok_dir = model  # an adapter without a tokenizer of its own uses its base's
+    if adapters.is_adapter_dir(model) and not (model / "tokenizer.model").is_file():
+        tok_dir = adapters.resolve_base(model, base)
+        check_model_files(tok_dir)
+    tok = Tokenizer(tok_dir)
+    with load_model(model, cache_weights=cache_weights, base=base) as m:
         tok.check_vocab(m.config.vocab_size)
         ids = (tok.apply_chat_template([{"role": "user", "content": prompt}], generation=m.config.generation)
                if chat else tok.encode(prompt))  # the model's own template (Gemma 4: <|turn>), not a guess

@@ -27,18 +27,23 @@ MULTIMODAL_CLASSES = {
 
 
 def gemma_ref_logits(model_dir: Path, sequences: list[np.ndarray],
-                     progress: Callable[[int, int], None] | None = None) -> tuple[list[np.ndarray], str]:
-    """Logits from the NumPy reference, and its version string."""
+                     progress: Callable[[int, int], None] | None = None,
+                     base: Path | None = None) -> tuple[list[np.ndarray], str]:
+    """Logits from the NumPy reference, and its version string (`model_dir` may be an adapter on `base`)."""
     from gemma_ref import load_model
     from release import __version__
 
-    with load_model(model_dir) as model:
+    with load_model(model_dir, base=base) as model:
         return model.forward_many(sequences, progress), __version__
 
 
 def transformers_logits(model_dir: Path, sequences: list[np.ndarray],
-                        progress: Callable[[int, int], None] | None = None) -> tuple[list[np.ndarray], str]:
-    """Logits from transformers (float32, eager attention), and 'transformers X (torch Y)'."""
+                        progress: Callable[[int, int], None] | None = None,
+                        adapter: Path | None = None) -> tuple[list[np.ndarray], str]:
+    """Logits from transformers (float32, eager attention), and 'transformers X (torch Y)'.
+
+    With `adapter`, a LoRA adapter directory on the base `model_dir`, run by peft's PeftModel.
+    """
     try:
         import torch
         import transformers
@@ -58,6 +63,15 @@ def transformers_logits(model_dir: Path, sequences: list[np.ndarray],
     text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     extra = {"experts_implementation": "eager"} if getattr(text_cfg, "enable_moe_block", False) else {}
     model = cls.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager", **extra)
+    peft_version = ""
+    if adapter is not None:
+        try:
+            import peft
+        except ImportError:
+            raise InputError("the transformers backend needs peft installed to run an adapter",
+                             hint="pip install peft, or use --backend gemma_ref") from None
+        model = peft.PeftModel.from_pretrained(model, adapter)
+        peft_version = f", peft {peft.__version__}"
     model.eval()
     out = []
     with torch.no_grad():
@@ -67,13 +81,16 @@ def transformers_logits(model_dir: Path, sequences: list[np.ndarray],
             out.append(logits.float().numpy().astype(np.float32))
             if progress:
                 progress(n + 1, len(sequences))
-    return out, f"{transformers.__version__} (torch {torch.__version__})"
+    return out, f"{transformers.__version__} (torch {torch.__version__}{peft_version})"
 
 
 def compute_logits(backend: str, model_dir: Path, sequences: list[np.ndarray],
-                   progress: Callable[[int, int], None] | None = None) -> tuple[list[np.ndarray], str]:
+                   progress: Callable[[int, int], None] | None = None,
+                   base: Path | None = None) -> tuple[list[np.ndarray], str]:
     if backend == "gemma_ref":
-        return gemma_ref_logits(model_dir, sequences, progress)
+        return gemma_ref_logits(model_dir, sequences, progress, base)
+    if backend == "transformers" and base is not None:  # an adapter (make_golden resolved its base)
+        return transformers_logits(base, sequences, progress, adapter=model_dir)
     if backend == "transformers":
         return transformers_logits(model_dir, sequences, progress)
     raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -377,7 +377,8 @@ class _ShardWriter:
                 fh.write(struct.pack("<Q", len(hb)))
                 fh.write(hb)
                 for name, shape, dt in items:
-                    a = np.ascontiguousarray(produce(name), dtype=_np_dtype(dt))
+                    a = produce(name)
+                    a = np.ascontiguousarray(a, dtype=_np_dtype(dt)).reshape(np.shape(a))  # 0-d stays 0-d
                     if a.shape != tuple(shape):
                         raise RuntimeError(f"{name}: produced {a.shape}, planned {shape}")
                     fh.write(a.tobytes())

@@ -81,12 +81,20 @@ def make_prompt(name: str, ids: np.ndarray, logits: np.ndarray, storage: str, to
     if storage == "full":
         return GoldenPrompt(name, ids, logits=logits, text=text, messages=messages)
     k = min(topk, logits.shape[1])
-    part = np.argpartition(-logits, k - 1, axis=1)[:, :k]  # the k largest, unordered  [T, k]
-    order = np.argsort(-np.take_along_axis(logits, part, axis=1), axis=1, kind="stable")
-    top_ids = np.take_along_axis(part, order, axis=1)  # largest first
-    return GoldenPrompt(name, ids, topk_ids=top_ids.astype(np.int64),
-                        topk_logits=np.take_along_axis(logits, top_ids, axis=1), lse=logsumexp(logits),
+    T = logits.shape[0]
+    top_ids = np.empty((T, k), dtype=np.int64)
+    lse = np.empty(T, dtype=np.float32)
+    for a in range(0, T, ROW_BLOCK):  # in row blocks: argpartition's indices and the float64 copy are [rows, V]
+        rows = logits[a:a + ROW_BLOCK]  # [n, V]
+        part = np.argpartition(-rows, k - 1, axis=1)[:, :k]  # the k largest, unordered  [n, k]
+        order = np.argsort(-np.take_along_axis(rows, part, axis=1), axis=1, kind="stable")
+        top_ids[a:a + ROW_BLOCK] = np.take_along_axis(part, order, axis=1)  # largest first
+        lse[a:a + ROW_BLOCK] = logsumexp(rows)
+    return GoldenPrompt(name, ids, topk_ids=top_ids, topk_logits=np.take_along_axis(logits, top_ids, axis=1), lse=lse,
                         text=text, messages=messages)
+
+
+ROW_BLOCK = 256  # rows per block in make_prompt: 256 x 262144 float64 is 0.5 GB, not 8.6 GB for 4,096 rows
 
 
 def logsumexp(x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
@@ -263,11 +271,13 @@ def auto_storage(n_positions: int, vocab_size: int) -> str:
 
 def make_golden(model_dir: str | os.PathLike, out: str | os.PathLike, prompts: list[PromptSpec],
                 backend: str = "gemma_ref", storage: str | None = "full", topk: int = 64, model_name: str | None = None,
-                revision: str | None = None, progress=None) -> Golden:
+                revision: str | None = None, progress=None, base: str | os.PathLike | None = None) -> Golden:
     """Compute logits for the prompts with a backend and write them as a golden file.
 
     ``storage=None`` picks by size (:func:`auto_storage`); ``golden.storage`` says which was used.
+    ``model_dir`` may be a LoRA adapter on ``base`` (gemma_ref/adapters.py).
     """
+    from gemma_ref import adapters
     from gemma_ref.config import load_config
     from gemma_ref.model import validate_ids
     from release.weights.backends import compute_logits
@@ -277,12 +287,14 @@ def make_golden(model_dir: str | os.PathLike, out: str | os.PathLike, prompts: l
     if topk < 1:
         raise InputError("--topk must be at least 1")
     model_dir = Path(model_dir)
-    cfg = load_config(model_dir)
-    specs = resolve_prompt_ids(prompts, model_dir)
+    base_dir = Path(adapters.resolve_base(model_dir, base)) if adapters.is_adapter_dir(model_dir) else None
+    cfg = load_config(base_dir or model_dir)
+    specs = resolve_prompt_ids(prompts, model_dir if base_dir is None or (model_dir / "tokenizer.model").is_file()
+                               else base_dir)  # an adapter without its own tokenizer uses its base's
     sequences = [validate_ids(p.ids, cfg.vocab_size) for p in specs]
     if storage is None:
         storage = auto_storage(sum(len(s) for s in sequences), cfg.vocab_size)
-    logits, version = compute_logits(backend, model_dir, sequences, progress)
+    logits, version = compute_logits(backend, model_dir, sequences, progress, base_dir)
     golden = Golden(
         prompts=[make_prompt(p.name, ids, lg, storage, topk, p.text, p.messages)
                  for p, ids, lg in zip(specs, sequences, logits)],

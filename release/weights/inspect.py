@@ -186,6 +186,8 @@ def render_inspect(info: dict[str, Any]):
     ]
     if info.get("per_layer"):
         rows = _per_layer_rows(info, rows)
+    if info.get("adapter"):
+        rows = _adapter_rows(info["adapter"]) + rows
     for k, v in rows:
         t.add_row(k, v)
     for e in info["errors"]:
@@ -257,3 +259,52 @@ def _ranges(layers: list[int]) -> str:
             parts.append(f"{start}" if start == a else f"{start}-{a}")
             start = b
     return ("layer " if len(layers) == 1 else "layers ") + ", ".join(parts)
+
+
+# --- adapters ------------------------------------------------------------------------------------
+
+
+def inspect_adapter(adapter_dir: str | Path, base: str | Path | None = None) -> dict[str, Any]:
+    """inspect_model of the base, with what the adapter adapts and whether it fits (``info["adapter"]``)."""
+    from gemma_ref import adapters
+    from gemma_ref.errors import InputError
+
+    adapter_dir = Path(adapter_dir)
+    if not adapters.is_adapter_dir(adapter_dir):
+        raise InputError("--base is for adapters, but this directory has no adapter_config.json", adapter_dir)
+    check_model_files(adapter_dir)
+    base_dir = adapters.resolve_base(adapter_dir, base)
+    info = inspect_model(base_dir)
+    cfg = load_config(base_dir)
+    w = Weights(base_dir, cfg, check=False)
+    try:
+        summary = adapters.load_adapter(adapter_dir, w).summary()
+        summary["fits_base"] = True
+    except InputError as e:  # the adapter does not fit this base: say why, exit 1 like a checkpoint's errors
+        c = adapters.read_adapter_config(adapter_dir)
+        summary = {"adapter": str(adapter_dir), "method": "DoRA" if c.use_dora else "LoRA",
+                   "base_model_name_or_path": c.base_model, "target_modules": c.target_modules, "r": c.r,
+                   "lora_alpha": c.alpha, "scaling_rule": c.scaling_rule, "modules_to_save": c.modules_to_save,
+                   "fits_base": False}
+        info["errors"].append(f"adapter does not fit the base: {e}")
+    finally:
+        w.close()
+    summary["base"] = str(base_dir)
+    info["adapter"] = summary
+    return info
+
+
+def _adapter_rows(a: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [("adapter", f"{a['method']} {a['adapter']} on {a['base']}"
+             + ("" if a["fits_base"] else " [red](does not fit the base)[/]")),
+            ("targets", str(a["target_modules"]) + (f" -> {a['n_adapted']} projections ({', '.join(a['adapted_modules'])}) "
+                                                     f"in {_ranges(a['adapted_layers'])}" if a.get("n_adapted") else "")),
+            ("rank / alpha", f"r {a['r']}, lora_alpha {a['lora_alpha']:g}"
+             + (f", ranks used {a['ranks']}" if a.get("ranks") else "")),
+            ("scaling", a["scaling_rule"] + (f" = {', '.join(f'{s:g}' for s in a['scales'])}" if a.get("scales") else ""))]
+    if a.get("trainable_parameters") is not None:
+        rows.append(("trainable parameters", f"{_human_count(a['trainable_parameters'])} ({a['trainable_parameters']:,})"))
+    rows.append(("modules_to_save", ", ".join(a["modules_to_save"]) or "none"))
+    if a.get("output_head"):
+        rows.append(("output head", a["output_head"]))
+    return rows

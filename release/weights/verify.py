@@ -262,8 +262,13 @@ def verify_model(
     tol: Tolerance = Tolerance(),
     scan_nonfinite: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
+    base: str | Path | None = None,
 ) -> VerifyReport:
-    """Run every check on ``model_dir`` against ``golden_path`` and return the report."""
+    """Run every check on ``model_dir`` against ``golden_path`` and return the report.
+
+    ``model_dir`` may be a LoRA adapter (adapter_config.json) on ``base`` (gemma_ref/adapters.py).
+    """
+    from gemma_ref import adapters
     from gemma_ref.config import load_config
     from gemma_ref.model import forward, validate_ids
     from gemma_ref.weights import Weights
@@ -272,17 +277,24 @@ def verify_model(
     golden = read_golden(golden_path)
     if not model_dir.is_dir():
         raise InputError("model path is not a directory", model_dir)
+    adapter_dir = None
+    if adapters.is_adapter_dir(model_dir):  # an adapter: the checks run on its base, the forward with the adapter
+        adapter_dir, model_dir = model_dir, adapters.resolve_base(model_dir, base)
+    elif base is not None:
+        raise InputError("--base is for adapters, but this directory has no adapter_config.json", model_dir)
     check_model_files(model_dir)  # a FIFO among them would block gemma_ref's readers
     cfg = load_config(model_dir)
     if golden.vocab_size != cfg.vocab_size:
         raise InputError(f"golden file was made for a vocabulary of {golden.vocab_size}, "
                          f"but the model's config says {cfg.vocab_size}", golden.path,
                          hint="a golden belongs to one model family; make a new one with `gemma-release golden`")
-    report = VerifyReport(model=str(model_dir), golden=str(golden.path), golden_producer=
+    report = VerifyReport(model=str(model_dir) if adapter_dir is None else f"{adapter_dir} on {model_dir}", golden=str(golden.path), golden_producer=
                           f"{golden.producer} {golden.producer_version}", storage=golden.storage, tolerance=tol)
 
     weights = Weights(model_dir, cfg, check=True)  # missing tensors / wrong shapes: InputError, exit 2
     try:
+        if adapter_dir is not None:
+            weights = adapters.AdaptedWeights(weights, adapters.load_adapter(adapter_dir, weights))
         report.findings += structure_findings(weights.issues, str(model_dir))
         if scan_nonfinite:
             if progress:
