@@ -208,19 +208,8 @@ def gemma4_shapes(cfg: GemmaConfig) -> dict[str, tuple[int, ...]]:
         shapes["per_layer_projection_norm.weight"] = (P,)
     for i, s in enumerate(cfg.layers):
         p, hd, f = f"layers.{i}.", s.head_dim, s.intermediate_size
-        shapes.update({
-            p + "input_layernorm.weight": (d,),
-            p + "self_attn.q_proj.weight": (H * hd, d),
-            p + "self_attn.q_norm.weight": (hd,),
-            p + "self_attn.o_proj.weight": (d, H * hd),
-            p + "post_attention_layernorm.weight": (d,),
-            p + "pre_feedforward_layernorm.weight": (d,),
-            p + "mlp.gate_proj.weight": (f, d),
-            p + "mlp.up_proj.weight": (f, d),
-            p + "mlp.down_proj.weight": (d, f),
-            p + "post_feedforward_layernorm.weight": (d,),
-            p + "layer_scalar": (1,),
-        })
+        shapes.update(_sandwich_layer_shapes(p, d, H, hd, f))
+        shapes[p + "layer_scalar"] = (1,)
         if s.kv_source is None:  # KV-shared layers reuse another layer's K/V: nothing of their own
             shapes[p + "self_attn.k_proj.weight"] = (s.num_key_value_heads * hd, d)
             shapes[p + "self_attn.k_norm.weight"] = (hd,)
@@ -245,6 +234,22 @@ def gemma4_shapes(cfg: GemmaConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _sandwich_layer_shapes(p: str, d: int, H: int, hd: int, f: int) -> dict[str, tuple[int, ...]]:
+    """The four-norm attention + MLP tensors Gemma 4 and Gemma 3n layers share (q side only; K/V differ)."""
+    return {
+        p + "input_layernorm.weight": (d,),
+        p + "self_attn.q_proj.weight": (H * hd, d),
+        p + "self_attn.q_norm.weight": (hd,),
+        p + "self_attn.o_proj.weight": (d, H * hd),
+        p + "post_attention_layernorm.weight": (d,),
+        p + "pre_feedforward_layernorm.weight": (d,),
+        p + "mlp.gate_proj.weight": (f, d),
+        p + "mlp.up_proj.weight": (f, d),
+        p + "mlp.down_proj.weight": (d, f),
+        p + "post_feedforward_layernorm.weight": (d,),
+    }
+
+
 def gemma3n_shapes(cfg: GemmaConfig) -> dict[str, tuple[int, ...]]:
     """expected_shapes for Gemma 3n: Gemma 4's attention and PLE names, plus AltUp and LAuReL."""
     d, P, L, H, n = (cfg.hidden_size, cfg.hidden_size_per_layer_input, cfg.num_hidden_layers,
@@ -260,17 +265,8 @@ def gemma3n_shapes(cfg: GemmaConfig) -> dict[str, tuple[int, ...]]:
         shapes[f"altup_unembed_projections.{j}.weight"] = (d, d)
     for i, s in enumerate(cfg.layers):
         p, f = f"layers.{i}.", s.intermediate_size
+        shapes.update(_sandwich_layer_shapes(p, d, H, hd, f))
         shapes.update({
-            p + "input_layernorm.weight": (d,),
-            p + "self_attn.q_proj.weight": (H * hd, d),
-            p + "self_attn.q_norm.weight": (hd,),
-            p + "self_attn.o_proj.weight": (d, H * hd),
-            p + "post_attention_layernorm.weight": (d,),
-            p + "pre_feedforward_layernorm.weight": (d,),
-            p + "mlp.gate_proj.weight": (f, d),
-            p + "mlp.up_proj.weight": (f, d),
-            p + "mlp.down_proj.weight": (d, f),
-            p + "post_feedforward_layernorm.weight": (d,),
             p + "altup.correct_output_scale": (d,),
             p + "altup.correction_coefs.weight": (n, n),
             p + "altup.prediction_coefs.weight": (n * n, n),

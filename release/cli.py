@@ -287,6 +287,9 @@ def verify(
     json_out: JsonOpt = False,
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the JSON report to this file (e.g. for `variants table --fidelity`).")] = None,
     base: BaseOpt = None,
+    base_repo: Annotated[Optional[str], typer.Option("--base-repo", metavar="ORG/NAME[@REVISION]", help=escape(
+                                                     "With --repo naming an adapter repo: download its base model from "
+                                                     "the Hub too."), show_default=False)] = None,
 ) -> None:
     """Check a checkpoint against a golden file, or a GGUF variant against its original. Exit 0 pass, 1 fail, 2 bad input."""
     from release.weights.verify import Tolerance, render_report, verify_model, write_report_json
@@ -311,6 +314,12 @@ def verify(
             from release.hub import download_for_verify, parse_repo_ref
 
             model = download_for_verify(*parse_repo_ref(repo), token=token)
+            if base_repo is not None:
+                if base is not None:
+                    raise typer.BadParameter("give --base DIR or --base-repo ORG/NAME, not both")
+                base = download_for_verify(*parse_repo_ref(base_repo), token=token)
+        elif base_repo is not None:
+            raise typer.BadParameter("--base-repo goes with --repo (a local adapter takes --base DIR)")
         tol = Tolerance(atol=1e-4 if atol is None else atol, rtol=rtol, max_kl=max_kl, min_top1=min_top1, max_mean_kl=max_mean_kl,
                         **({} if row_rtol is None else {"row_rtol": row_rtol}))
         with _progress() as bar:

@@ -41,6 +41,7 @@ VERIFY_PATTERNS = (
     "tokenizer.json",
     "tokenizer_config.json",
     "generation_config.json",
+    "adapter_config.json",  # a PEFT adapter repo (its adapter_model.safetensors matches *.safetensors)
 )
 _TOKEN_SHAPE = re.compile(r"\b(hf_|api_org_)[A-Za-z0-9_-]{6,}")
 _CHUNK = 8 * 1024 * 1024
@@ -529,6 +530,6 @@ def download_for_verify(repo_id: str, revision: str | None = None, token: str | 
     with translate_errors("downloading for verify", repo_id, token):
         path = snapshot_download(repo_id, revision=revision, allow_patterns=list(VERIFY_PATTERNS), token=token)
     p = Path(path)
-    if not (p / "config.json").is_file():
-        raise InputError(f"{repo_id}@{revision or 'main'} has no config.json; is it a model repository?")
+    if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+        raise InputError(f"{repo_id}@{revision or 'main'} has no config.json (nor adapter_config.json); is it a model repository?")
     return p

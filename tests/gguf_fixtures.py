@@ -60,6 +60,26 @@ holds neither (they become ``per_layer_config``), so this converter revision wou
 KeyError. We write what it writes from config.json's values, as it would with the transformers it
 was written against; a config saved in the ``per_layer_config`` form gets no GGUF here.
 
+Gemma 3n (``gemma3n`` arch; ``Gemma3NModel(Gemma3Model)`` in ggml-org/llama.cpp ``conversion/gemma.py``
+@ 061b8c5f91885f2779d23198a091777df47c3f6f, ``prepare_tensors`` in ``conversion/base.py``):
+
+* ``Gemma3NModel.norm_shift`` returns 0.0 ("same value with Gemma3p5RMSNorm scale_shift"): **no +1**;
+* ``filter_tensors``: names ending in ``_scale`` get ``.weight`` appended (``altup.correct_output_scale``
+  -> ``blk.N.altup_correct_scale.weight``); the towers / ``embed_audio`` / ``embed_vision`` are dropped by
+  ``TextModel.filter_tensors``; the KV-shared layers' K/V are **not** dropped;
+* ``modify_tensors``: ``altup_projections.{0,1,2}`` and ``altup_unembed_projections.{0,1,2}`` are
+  ``torch.stack``-ed (dim 0, index order) into ``altup_proj.weight`` / ``altup_unembd_proj.weight``
+  [3, D, D] (only 4 altup inputs supported); ``embed_tokens`` and ``embed_tokens_per_layer`` are padded
+  with zero rows up to ``vocab_size`` (never trimmed: Gemma3Model's trimming is bypassed);
+  gguf's map gives ``blk.N.altup_correct_coef``, ``altup_predict_coef``, ``altup_router``,
+  ``altup_router_norm``, ``laurel_l``, ``laurel_r``, ``laurel_post_norm``, ``inp_gate``, ``proj``,
+  ``post_norm``, and ``per_layer_token_embd`` / ``per_layer_model_proj`` / ``per_layer_proj_norm``;
+* ``prepare_tensors`` keeps ``ALTUP_CORRECT_COEF`` / ``ALTUP_PREDICT_COEF`` in F32 (with the 1-D and norms);
+* keys: TextModel's and Gemma3Model's (``feed_forward_length`` is the config's per-layer list as an
+  array), then ``altup.active_idx``, ``altup.num_inputs``, ``embedding_length_per_layer_input``,
+  ``attention.shared_kv_layers``, ``activation_sparsity_scale`` (per layer: ``Normal(0, 1).icdf(p)``, -inf
+  for p = 0) and ``attention.sliding_window_pattern`` (bool per layer).
+
 The knobs that break a file on purpose (``norm_plus_one=False``, ``norm_shift``, ``metadata`` overrides,
 ``drop``, ``vocab_rows``, ``rope_freqs``) exist for the tests of the reader's error paths.
 """
@@ -184,6 +204,73 @@ def write_metadata_gemma4(w: gguf.GGUFWriter, model_dir: Path, qtype: str) -> No
     w.add_rope_dimension_count_swa(int(hp["head_dim"] * rope.get("partial_rotary_factor", 1.0)))
 
 
+def write_metadata_gemma3n(w: gguf.GGUFWriter, model_dir: Path, qtype: str) -> None:
+    """The keys TextModel -> Gemma3Model -> Gemma3NModel.set_gguf_parameters write, each once, final value."""
+    from statistics import NormalDist
+
+    hp = raw_hparams(model_dir)
+    cfg = load_config(model_dir)
+    w.add_block_count(hp["num_hidden_layers"])
+    w.add_context_length(hp.get("max_position_embeddings", 131072))
+    w.add_embedding_length(hp["hidden_size"])
+    w.add_feed_forward_length(hp["intermediate_size"])  # a list in Gemma 3n configs: written as an array
+    w.add_head_count(hp.get("num_attention_heads", 8))
+    w.add_head_count_kv(hp.get("num_key_value_heads", 4))
+    w.add_rope_freq_base(cfg.rope_global.theta)
+    w.add_rope_freq_base_swa(cfg.rope_local.theta)
+    w.add_layer_norm_rms_eps(hp.get("rms_norm_eps", 1e-6))
+    w.add_key_length(hp.get("head_dim", 256))
+    w.add_value_length(hp.get("head_dim", 256))
+    w.add_file_type(FILE_TYPE[qtype])
+    if hp.get("final_logit_softcapping"):
+        w.add_final_logit_softcapping(hp["final_logit_softcapping"])
+    w.add_sliding_window(hp["sliding_window"])
+    w.add_altup_active_idx(hp["altup_active_idx"])
+    w.add_altup_num_inputs(hp["altup_num_inputs"])
+    w.add_embedding_length_per_layer_input(hp["hidden_size_per_layer_input"])
+    w.add_shared_kv_layers(hp["num_kv_shared_layers"])
+    nd = NormalDist()  # torch.distributions.Normal(0, 1).icdf in float32: -inf at 0
+    w.add_activation_sparsity_scale([float("-inf") if p <= 0 else float(np.float32(nd.inv_cdf(p)))
+                                     for p in hp["activation_sparsity_pattern"]])
+    w.add_sliding_window_pattern([t == "sliding_attention" for t in hp["layer_types"]])
+
+
+def gemma3n_name(name: str, tmap: gguf.TensorNameMap) -> str | None:
+    """The GGUF name one HF Gemma 3n tensor ends up in (altup_projections.j: the stack's), None when skipped."""
+    if any(m in name for m in _MULTIMODAL) or name == "lm_head.weight":
+        return None
+    name = name.replace("language_model.", "")
+    if name.endswith("_scale"):
+        name += ".weight"
+    name = re.sub(r"^model\.(altup_projections|altup_unembed_projections)\.\d\.weight$", r"model.\1.weight", name)
+    return tmap.get_name(name, try_suffixes=(".weight", ".bias"))
+
+
+def gemma3n_tensors(model_dir: Path, tmap: gguf.TensorNameMap) -> list[tuple[str, str, np.ndarray]]:
+    """Gemma3NModel.filter_tensors + modify_tensors: (HF name, GGUF name, data) in the converter's order."""
+    hp = raw_hparams(model_dir)
+    out, stacks = [], {"altup_projections": {}, "altup_unembed_projections": {}}
+    for name, data in hf_tensors(model_dir).items():
+        if any(m in name for m in _MULTIMODAL) or name == "lm_head.weight":
+            continue
+        name = name.replace("language_model.", "")
+        if name.endswith("_scale"):
+            name += ".weight"
+        m = re.fullmatch(r"model\.(altup_projections|altup_unembed_projections)\.(\d)\.weight", name)
+        if m:
+            stacks[m.group(1)][int(m.group(2))] = data
+            if len(stacks[m.group(1)]) == 3:  # yielded once all three are in
+                stacked = np.stack([stacks[m.group(1)][j] for j in range(3)])
+                out.append((f"model.{m.group(1)}.weight", tmap.get_name(f"model.{m.group(1)}.weight", try_suffixes=(".weight",)), stacked))
+            continue
+        if "embed_tokens.weight" in name or "embed_tokens_per_layer" in name:
+            vocab = hp.get("vocab_size", 262400)
+            if data.shape[0] < vocab:
+                data = np.concatenate([data, np.zeros((vocab - data.shape[0], data.shape[1]), data.dtype)])
+        out.append((name, tmap.get_name(name, try_suffixes=(".weight", ".bias")), data))
+    return out
+
+
 def gemma4_rope_freqs(model_dir: Path) -> np.ndarray:
     """Gemma4Model.generate_extra_tensors: the frequency factors of the full layers' proportional RoPE."""
     hp = raw_hparams(model_dir)
@@ -215,7 +302,8 @@ def convert_tensor(name: str, data: np.ndarray, qtype: str, norm_plus_one: bool 
     """(data, ggml type) for one tensor, as prepare_tensors + modify_tensors do it (norm_plus_one: the shift)."""
     if name.endswith("norm.weight") and norm_plus_one:
         data = data + np.float32(norm_plus_one)  # llama.cpp stores 1 + w (Gemma 1-3)
-    f32 = new_name.endswith((".scale", "ffn_gate_inp.weight"))  # prepare_tensors: FFN_GATE_INP, non-.weight names
+    # prepare_tensors: FFN_GATE_INP, ALTUP_CORRECT_COEF, ALTUP_PREDICT_COEF, non-.weight names
+    f32 = new_name.endswith((".scale", "ffn_gate_inp.weight", "altup_correct_coef.weight", "altup_predict_coef.weight"))
     if data.ndim <= 1 or name.endswith("_norm.weight") or new_name.endswith("_norm.weight") or f32:
         return data.astype(np.float32), gguf.GGMLQuantizationType.F32
     t = gguf.GGMLQuantizationType[qtype]
@@ -250,12 +338,13 @@ def write_gguf(
     """
     model_dir, out = Path(model_dir), Path(out)
     cfg = load_config(model_dir)
-    arch = ARCH[cfg.generation]
+    gemma3n = bool(cfg.altup_num_inputs)
+    arch = gguf.MODEL_ARCH.GEMMA3N if gemma3n else ARCH[cfg.generation]
     gemma4 = cfg.generation >= 4
-    # the converter's norm shift: 1 for Gemma 1-3, 0 for Gemma 4 (norm_shift overrides, to break a file)
-    shift = norm_shift if norm_shift is not None else (0.0 if gemma4 or not norm_plus_one else 1.0)
+    # the converter's norm shift: 1 for Gemma 1-3, 0 for Gemma 4 and 3n (norm_shift overrides, to break a file)
+    shift = norm_shift if norm_shift is not None else (0.0 if gemma4 or gemma3n or not norm_plus_one else 1.0)
     w = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[arch], split_max_tensors=split_max_tensors)
-    (write_metadata_gemma4 if gemma4 else write_metadata)(w, model_dir, qtype)
+    (write_metadata_gemma3n if gemma3n else write_metadata_gemma4 if gemma4 else write_metadata)(w, model_dir, qtype)
     if tokenizer is not None:
         write_vocab(w, Path(tokenizer), cfg.vocab_size, edit_vocab)
     for key, value in (metadata or {}).items():
@@ -268,8 +357,12 @@ def write_gguf(
         freqs = gemma4_rope_freqs(model_dir) if rope_freqs is None else rope_freqs
         if "rope_freqs.weight" not in drop:
             w.add_tensor("rope_freqs.weight", freqs.astype(np.float32), raw_dtype=gguf.GGMLQuantizationType.F32)
-    for name, data in hf_tensors(model_dir).items():
-        if gemma4:
+    tensors = (gemma3n_tensors(model_dir, tmap) if gemma3n
+               else [(name, None, data) for name, data in hf_tensors(model_dir).items()])
+    for name, new_name, data in tensors:
+        if gemma3n:
+            pass
+        elif gemma4:
             new_name = gemma4_name(name, tmap)
             if new_name is None:
                 continue

@@ -30,16 +30,18 @@ from release.weights.golden import PromptSpec
 from tests.conftest import CASES as ALL_CASES
 from tests.conftest import MODELS, golden_prompts
 
-#: The model types the GGUF path implements (llama.cpp archs gemma, gemma2, gemma3, gemma4); Gemma 3n and
-#: VaultGemma (llama.cpp's gemma3n / vaultgemma converters) have no GGUF path here yet.
-GGUF_MODEL_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text", "gemma4", "gemma4_text", "gemma4_unified")
+#: The model types the GGUF path implements (llama.cpp archs gemma, gemma2, gemma3, gemma3n, gemma4); VaultGemma
+#: (llama.cpp's vaultgemma converter) has no GGUF path here yet.
+GGUF_MODEL_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text", "gemma3n", "gemma3n_text", "gemma4", "gemma4_text",
+                    "gemma4_unified")
 # ... and not gemma4_per_layer_config, whose config (the per_layer_config form, no global_head_dim)
 # llama.cpp's Gemma 4 converter cannot convert (tests/gguf_fixtures.py).
 CASES = [c for c in ALL_CASES if c != "gemma4_per_layer_config"
          and json.loads((MODELS / c / "config.json").read_text()).get("model_type") in GGUF_MODEL_TYPES]
-# The KL bounds below are the Gemma 1-3 fixtures'; the Gemma 4 ones are far more sensitive to rounding
-# (attention scale 1.0, MoE routing) and have their own measured bounds in tests/test_gguf_gemma4.py.
-LOSSY_CASES = [c for c in CASES if not c.startswith("gemma4")]
+# The KL bounds below are the Gemma 1-3 fixtures'; the Gemma 4 and 3n ones are far more sensitive to rounding
+# (attention scale 1.0, MoE routing, AltUp) and have their own measured bounds in tests/test_gguf_gemma4.py and
+# tests/test_gguf_gemma3n.py.
+LOSSY_CASES = [c for c in CASES if not c.startswith(("gemma4", "gemma3n"))]
 from tests.gguf_fixtures import write_gguf
 
 TOL = 1e-4  # the reference's bar against transformers, kept for a lossless (F32) GGUF

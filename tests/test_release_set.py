@@ -245,3 +245,21 @@ def test_hostile_config_through_verify_repo_is_exit_2_in_seconds(hub, env, tmp_p
     assert r.returncode == 2, r.stdout + r.stderr
     assert "num_hidden_layers" in r.stderr and "config.json" in r.stderr and "Traceback" not in r.stderr
     assert time.perf_counter() - t0 < 20  # a subprocess start plus a download; never an attempt to build 1e9 layers
+
+
+def test_verify_repo_of_an_adapter_with_its_base_repo(hub, env, tmp_path):
+    """`verify --repo ADAPTER --base-repo BASE`: both come from the Hub; the adapter runs on the downloaded base."""
+    data = Path(__file__).parent / "data"
+    for repo, folder in (("org/set-lora", data / "adapters/gemma2_lora_attn"), ("org/set-base", data / "models/gemma2_gqa_softcap")):
+        up = run_py(f"from huggingface_hub import HfApi; a = HfApi(); a.create_repo({repo!r}, exist_ok=True); "
+                    f"a.upload_folder(repo_id={repo!r}, folder_path=r'{folder}')", env, tmp_path)
+        assert up.returncode == 0, up.stderr
+    golden = data / "adapters/goldens/gemma2_lora_attn.safetensors"
+    r = run_cli(["verify", "--repo", "org/set-lora", "--base-repo", "org/set-base", "--golden", str(golden), "--json"], env, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["ok"]
+    # without the base the adapter cannot run (its base_model_name_or_path is not a local directory): exit 2, said clearly
+    r = run_cli(["verify", "--repo", "org/set-lora", "--golden", str(golden)], env, tmp_path)
+    assert r.returncode == 2 and "base" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli(["verify", "tests/data/models/gemma2_gqa_softcap", "--base-repo", "org/set-base", "--golden", str(golden)], env, tmp_path)
+    assert r.returncode == 2 and "--base-repo goes with --repo" in r.stderr

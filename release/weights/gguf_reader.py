@@ -57,6 +57,32 @@ per-layer geometry             ``key_length``/``value_length`` = global_head_dim
 KV-shared layers' K/V          not dropped: real E2B/E4B files' leftover k_proj/v_proj/k_norm
                                are converted too; reported as unused (info), never read
 =============================  =========================================================
+
+Gemma 3n (``Gemma3NModel(Gemma3Model)``, arch ``gemma3n``; same ``conversion/gemma.py`` commit, and
+``prepare_tensors`` in ``conversion/base.py``) differs from Gemma 3:
+
+=============================  =========================================================
+RMSNorm weights                stored as they are (``Gemma3NModel.norm_shift`` is 0.0; Gemma 3n's
+                               RMSNorm is x * w like Gemma 4's): nothing subtracted
+AltUp projections              ``altup_projections.{0,1,2}`` / ``altup_unembed_projections.{0,1,2}``
+                               stacked (dim 0) into ``altup_proj`` / ``altup_unembd_proj`` [3, D, D];
+                               ``altup_projections()`` returns ``[j]`` of the stack
+names the map lacks            ``*_scale`` gets ``.weight`` first: ``altup.correct_output_scale`` is
+                               ``blk.N.altup_correct_scale.weight``; the rest through gguf's map
+                               (``altup_correct_coef``, ``altup_predict_coef``, ``altup_router``,
+                               ``altup_router_norm``, ``laurel_l``, ``laurel_r``, ``laurel_post_norm``,
+                               ``inp_gate``, ``proj``, ``post_norm``, ``per_layer_*``)
+embedding rows                 ``token_embd`` and ``per_layer_token_embd`` padded with zero rows up to
+                               ``vocab_size`` (never trimmed); the PLE padding is never read (ids past
+                               the table read row 0, ``model.ple_ids``)
+tensor types                   ``altup_correct_coef`` / ``altup_predict_coef`` forced to F32
+keys                           ``altup.active_idx``, ``altup.num_inputs``, ``shared_kv_layers``,
+                               ``embedding_length_per_layer_input``, ``activation_sparsity_scale``
+                               (per layer, Normal(0,1).icdf(p), -inf for p = 0), a per-layer
+                               ``feed_forward_length`` array, ``sliding_window_pattern``: all
+                               cross-checked (GGUF001 / GGUF002)
+KV-shared layers' K/V          not dropped, as for Gemma 4: reported as unused (info), never read
+=============================  =========================================================
 """
 
 from __future__ import annotations
@@ -64,6 +90,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -101,6 +128,9 @@ NORM_SHIFT = {1: 1.0, 2: 1.0, 3: 1.0, 4: 0.0}
 _GEMMA4_OWN_NAMES = {"router.scale": (gguf.MODEL_TENSOR.FFN_GATE_INP, ".scale"),
                      "router.per_expert_scale": (gguf.MODEL_TENSOR.FFN_DOWN_EXP, ".scale")}
 _EXPERTS = ("experts.gate_up_proj", "experts.down_proj")
+#: Gemma 3n: the AltUp projections the converter stacks into one tensor each ([n-1, D, D], index j = HF's .j.)
+_ALTUP_STACKS = {"altup_projections": gguf.MODEL_TENSOR.ALTUP_PROJ,
+                 "altup_unembed_projections": gguf.MODEL_TENSOR.ALTUP_UNEMBD_PROJ}
 ROPE_FREQS = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
 #: generation -> the layer count at which llama.cpp takes a model for a 27B and scales attention by
 #: (n_embd / n_head) ** -0.5 instead of head_dim ** -0.5 (llama-model.cpp, Gemma 2 and 3 hparams)
@@ -116,6 +146,26 @@ def arch_name(generation: int) -> str:
     return gguf.MODEL_ARCH_NAMES[ARCH_OF_GENERATION[generation]]
 
 
+def model_arch(cfg: GemmaConfig) -> gguf.MODEL_ARCH:
+    """llama.cpp's architecture for a config: Gemma 3n (AltUp) is "gemma3n" (Gemma3NModel), else by generation."""
+    return gguf.MODEL_ARCH.GEMMA3N if cfg.altup_num_inputs else ARCH_OF_GENERATION[cfg.generation]
+
+
+def cfg_arch_name(cfg: GemmaConfig) -> str:
+    """``general.architecture`` llama.cpp writes for this config ("gemma3n" for Gemma 3n)."""
+    return gguf.MODEL_ARCH_NAMES[model_arch(cfg)]
+
+
+def norm_shift_of(cfg: GemmaConfig) -> float:
+    """What llama.cpp's converter adds to this model's norm weights (Gemma3NModel.norm_shift: 0.0, like Gemma 4)."""
+    return 0.0 if cfg.altup_num_inputs else NORM_SHIFT[cfg.generation]
+
+
+def model_label(cfg: GemmaConfig) -> str:
+    """"Gemma 3n" or "Gemma N", for messages."""
+    return "Gemma 3n" if cfg.altup_num_inputs else f"Gemma {cfg.generation}"
+
+
 def is_norm(rel: str) -> bool:
     """True for the RMSNorm weights (the ones llama.cpp's Gemma 1-3 converters store with +1; they test this suffix)."""
     return rel.endswith("norm.weight")
@@ -123,7 +173,7 @@ def is_norm(rel: str) -> bool:
 
 def gguf_tensor_names(cfg: GemmaConfig) -> dict[str, str]:
     """HF tensor name (without prefix, as in ``expected_shapes``) -> GGUF name, from gguf's own name map."""
-    tmap = gguf.get_tensor_name_map(ARCH_OF_GENERATION[cfg.generation], cfg.num_hidden_layers)
+    tmap = gguf.get_tensor_name_map(model_arch(cfg), cfg.num_hidden_layers)
     names = {}
     for rel in expected_shapes(cfg):
         m = re.fullmatch(r"layers\.(\d+)\.(.+)", rel)
@@ -131,10 +181,14 @@ def gguf_tensor_names(cfg: GemmaConfig) -> dict[str, str]:
             key, suffix = _GEMMA4_OWN_NAMES[m.group(2)]
             names[rel] = gguf.TENSOR_NAMES[key].format(bid=int(m.group(1))) + suffix
             continue
-        # Gemma4Model.filter_tensors appends ".weight" to layer_scalar and the packed experts before mapping
+        m = re.fullmatch(r"(altup_projections|altup_unembed_projections)\.\d+\.weight", rel)
+        if m and cfg.altup_num_inputs:  # Gemma3NModel.modify_tensors stacks the n-1 matrices into one [n-1, D, D]
+            names[rel] = gguf.TENSOR_NAMES[_ALTUP_STACKS[m.group(1)]] + ".weight"
+            continue
+        # Gemma4Model (and Gemma3NModel, for altup.correct_output_scale) .filter_tensors appends ".weight" to layer_scalar and the packed experts before mapping
         name = tmap.get_name("model." + rel + ("" if rel.endswith(".weight") else ".weight"), try_suffixes=(".weight",))
         if name is None:  # the gguf package lost a Gemma tensor: not the user's input at fault
-            raise RuntimeError(f"gguf's tensor map has no name for {rel!r} ({arch_name(cfg.generation)})")
+            raise RuntimeError(f"gguf's tensor map has no name for {rel!r} ({cfg_arch_name(cfg)})")
         names[rel] = name
     return names
 
@@ -249,9 +303,9 @@ def metadata_findings(reader: gguf.GGUFReader, cfg: GemmaConfig, path: Path) -> 
     where = str(path)
     out: list[Finding] = []
     arch = metadata(reader, gguf.Keys.General.ARCHITECTURE, path)
-    want_arch = arch_name(cfg.generation)
+    want_arch = cfg_arch_name(cfg)
     if arch != want_arch:
-        out.append(Finding("GGUF001", "error", f"general.architecture is {arch!r}; the original is Gemma {cfg.generation}, "
+        out.append(Finding("GGUF001", "error", f"general.architecture is {arch!r}; the original is {model_label(cfg)}, "
                                                f"which llama.cpp runs as {want_arch!r}", path=where))
     a = arch if isinstance(arch, str) and arch.startswith("gemma") else want_arch  # keys live under the file's arch
 
@@ -276,7 +330,7 @@ def metadata_findings(reader: gguf.GGUFReader, cfg: GemmaConfig, path: Path) -> 
     check(K.BLOCK_COUNT, cfg.num_hidden_layers, "num_hidden_layers")
     check(K.EMBEDDING_LENGTH, cfg.hidden_size, "hidden_size")
     check(A.HEAD_COUNT, cfg.num_attention_heads, "num_attention_heads")
-    if cfg.generation >= 4:
+    if cfg.generation >= 4 or cfg.altup_num_inputs:
         return out + _gemma4_findings(reader, cfg, a, path, check)
     check(K.FEED_FORWARD_LENGTH, cfg.intermediate_size, "intermediate_size")
     check(A.HEAD_COUNT_KV, cfg.num_key_value_heads, "num_key_value_heads", cfg.num_attention_heads, known_default=True)
@@ -337,6 +391,9 @@ def _gemma4_findings(reader: gguf.GGUFReader, cfg: GemmaConfig, a: str, path: Pa
     per_layer(K.FEED_FORWARD_LENGTH, [s.intermediate_size for s in spec], "MLP width (intermediate_size)")
     per_layer(A.HEAD_COUNT_KV, [s.num_key_value_heads for s in spec], "key/value heads",
               default=cfg.num_attention_heads)  # llama.cpp's default: as many as query heads
+    if cfg.altup_num_inputs:  # Gemma3NModel: one head width, no *_swa widths or rope dimension counts written
+        out.extend(_gemma3n_findings(reader, cfg, a, path, check, per_layer))
+        return out
     # One width per layer type in GGUF: key_length for full layers, key_length_swa for sliding ones.
     if len(full_dims) == 1:
         (d,) = full_dims
@@ -376,6 +433,48 @@ def _gemma4_findings(reader: gguf.GGUFReader, cfg: GemmaConfig, a: str, path: Pa
     check(K.EXPERT_COUNT, cfg.num_experts or None, "num_experts")
     check(K.EXPERT_USED_COUNT, cfg.top_k_experts or None, "top_k_experts")
     check(K.EXPERT_FEED_FORWARD_LENGTH, cfg.moe_intermediate_size or None, "moe_intermediate_size")
+    return out
+
+
+def _gemma3n_findings(reader: gguf.GGUFReader, cfg: GemmaConfig, a: str, path: Path, check, per_layer) -> list[Finding]:
+    """Gemma 3n's keys (Gemma3NModel.set_gguf_parameters on top of Gemma3Model's and TextModel's) against the config.
+
+    Besides Gemma 3's: ``altup.active_idx``, ``altup.num_inputs``, ``embedding_length_per_layer_input``,
+    ``attention.shared_kv_layers``, ``sliding_window_pattern`` (bool per layer), ``activation_sparsity_scale``
+    (per layer, the standard normal's quantile of ``activation_sparsity_pattern``: -inf for 0.0, i.e. no
+    sparsity) and ``feed_forward_length`` per layer when the config lists one width per layer.
+    """
+    where, out = str(path), []
+    K, A, R = gguf.Keys.LLM, gguf.Keys.Attention, gguf.Keys.Rope
+    default_hd = cfg.hidden_size // cfg.num_attention_heads
+    check(A.KEY_LENGTH, cfg.head_dim, "head_dim", default_hd, known_default=True)
+    check(A.VALUE_LENGTH, cfg.head_dim, "head_dim", default_hd, known_default=True)
+    check(A.LAYERNORM_RMS_EPS, cfg.rms_norm_eps, "rms_norm_eps")
+    check(K.CONTEXT_LENGTH, cfg.max_position_embeddings, "max_position_embeddings")
+    check(R.FREQ_BASE, cfg.rope_global.theta, "full layers' rope_theta", 10_000.0, known_default=True)
+    if metadata(reader, R.FREQ_BASE_SWA.format(arch=a), path) is not None:
+        check(R.FREQ_BASE_SWA, cfg.rope_local.theta, "sliding layers' rope_theta (rope_local_base_freq)")
+    out.extend(_rope_scaling(reader, cfg, a, path))
+    check(K.ATTN_LOGIT_SOFTCAPPING, cfg.attn_logit_softcapping, "attn_logit_softcapping")
+    check(K.FINAL_LOGIT_SOFTCAPPING, cfg.final_logit_softcapping, "final_logit_softcapping")
+    check(A.SLIDING_WINDOW, cfg.sliding_window, "sliding_window")
+    key = A.SLIDING_WINDOW_PATTERN.format(arch=a)
+    pattern = metadata(reader, key, path)
+    kinds = ", ".join("L" if t == SLIDING else "G" for t in cfg.layer_types)
+    if pattern is None:
+        out.append(Finding("GGUF002", "warning", f"{key} is missing (the original's layers: {kinds})", path=where))
+    elif _layer_kinds(pattern, cfg.num_hidden_layers) != cfg.layer_types:
+        out.append(Finding("GGUF001", "error", f"{key} is {_short(pattern)}; the original's layers are {kinds}",
+                           path=where))
+    check(A.SHARED_KV_LAYERS, cfg.num_kv_shared_layers, "num_kv_shared_layers")
+    check(K.EMBD_LENGTH_PER_LAYER_INP, cfg.hidden_size_per_layer_input, "hidden_size_per_layer_input")
+    check(K.ALTUP_ACTIVE_IDX, cfg.altup_active_idx, "altup_active_idx")
+    check(K.ALTUP_NUM_INPUTS, cfg.altup_num_inputs, "altup_num_inputs")
+    nd = statistics.NormalDist()  # torch.distributions.Normal(0, 1).icdf, as the converter computes it
+    per_layer(K.ACTIVATION_SPARSITY_SCALE,
+              [-math.inf if s.activation_sparsity <= 0 else math.inf if s.activation_sparsity >= 1
+               else float(np.float32(nd.inv_cdf(s.activation_sparsity))) for s in cfg.layers],
+              "activation sparsity (activation_sparsity_pattern, as a normal quantile)")
     return out
 
 
@@ -493,7 +592,7 @@ class GGUFWeights:
         self.path = Path(path)
         self.cfg = cfg
         self.norm_plus_one = norm_plus_one
-        self.norm_shift = np.float32(NORM_SHIFT[cfg.generation] if norm_plus_one else 0.0)
+        self.norm_shift = np.float32(norm_shift_of(cfg) if norm_plus_one else 0.0)
         self.parts = open_gguf_parts(self.path)  # one reader, or one per part of a split file
         self.tensors = {}
         for part, r in self.parts:
@@ -510,7 +609,12 @@ class GGUFWeights:
     def _check_tensors(self) -> tuple[int, str]:
         """Every tensor present, in a decodable type, with the config's shape; else one InputError listing all."""
         problems: list[str] = []
-        for rel, want in expected_shapes(self.cfg).items():
+        shapes = expected_shapes(self.cfg)
+        for rel, stack in _altup_stacks(self.names).items():  # Gemma 3n: n-1 [D, D] matrices stacked into one tensor
+            shapes = {k: v for k, v in shapes.items() if k not in stack}
+            shapes[stack[0]] = (len(stack), *expected_shapes(self.cfg)[stack[0]])
+        ple_padding = 0
+        for rel, want in shapes.items():
             name = self.names[rel]
             t = self.tensors.get(name)
             if t is None:
@@ -518,6 +622,11 @@ class GGUFWeights:
                 continue
             have = numpy_shape(t)
             rows_ok = rel == "embed_tokens.weight" and len(have) == 2 and have[1] == want[1] and have[0] <= want[0]
+            if (rel == "embed_tokens_per_layer.weight" and self.cfg.altup_num_inputs and len(have) == 2
+                    and have[1] == want[1] and want[0] < have[0] <= self.cfg.vocab_size):
+                # Gemma3NModel pads the PLE table with zero rows up to vocab_size; the ids past the original's rows
+                # are mapped to row 0 before the lookup (model.ple_ids), so those rows are never read
+                rows_ok, ple_padding = True, have[0] - want[0]
             if have != want and not rows_ok:
                 problems.append(f"tensor {name!r} ({rel}) has shape {list(have)} (GGML order {list(reversed(have))}), "
                                 f"the config implies {list(want)}")
@@ -536,8 +645,8 @@ class GGUFWeights:
         if problems:
             arch = metadata(self.reader, gguf.Keys.General.ARCHITECTURE, self.path)
             hint = None
-            if arch != arch_name(self.cfg.generation):
-                hint = f"the file's architecture is {arch!r}, the original is Gemma {self.cfg.generation}: is --against right?"
+            if arch != cfg_arch_name(self.cfg):
+                hint = f"the file's architecture is {arch!r}, the original is {model_label(self.cfg)}: is --against right?"
             shown = "; ".join(problems[:8]) + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else "")
             raise InputError(f"GGUF does not fit the original's config.json: {shown}", self.path, hint=hint)
         self.findings += rope_freqs_findings(self.tensors.get(ROPE_FREQS), self.cfg, self.path)
@@ -547,6 +656,11 @@ class GGUFWeights:
                                          f"the GGUF holds {rows} of the original's {self.cfg.vocab_size} vocabulary rows "
                                          "(llama.cpp's Gemma 3 converter drops the padding past the tokenizer); logits are "
                                          f"compared over ids 0..{rows - 1}", path=str(self.path)))
+        if ple_padding:
+            self.findings.append(Finding("GGUF004", "info", f"per_layer_token_embd holds {ple_padding} zero rows past the "
+                                         f"original's {self.cfg.vocab_size_per_layer_input} (llama.cpp's Gemma 3n converter "
+                                         f"pads it to vocab_size {self.cfg.vocab_size}); the reference reads row 0 for "
+                                         "those ids, as transformers does", path=str(self.path)))
         unused = sorted(set(self.tensors) - set(self.names.values()) - {head, ROPE_FREQS})
         shared = self._kv_shared_leftovers(unused)
         if shared:  # Gemma 4 E2B/E4B: the converter keeps the K/V tensors real files carry on KV-shared layers
@@ -560,10 +674,10 @@ class GGUFWeights:
         return rows, head
 
     def _kv_shared_leftovers(self, names: list[str]) -> list[str]:
-        """The GGUF names among ``names`` that are K/V tensors of Gemma 4 KV-shared layers."""
-        if self.cfg.generation < 4:
+        """The GGUF names among ``names`` that are K/V tensors of Gemma 4 / 3n KV-shared layers."""
+        if not any(s.kv_source is not None for s in self.cfg.layers or ()):
             return []
-        tmap = gguf.get_tensor_name_map(ARCH_OF_GENERATION[4], self.cfg.num_hidden_layers)
+        tmap = gguf.get_tensor_name_map(model_arch(self.cfg), self.cfg.num_hidden_layers)
         kv = {tmap.get_name(f"model.layers.{i}.self_attn.{t}.weight", try_suffixes=(".weight",))
               for i, s in enumerate(self.cfg.layers) if s.kv_source is not None for t in ("k_proj", "v_proj", "k_norm")}
         return [n for n in names if n in kv]
@@ -572,6 +686,9 @@ class GGUFWeights:
 
     def tensor(self, rel: str) -> np.ndarray:
         """One tensor (HF name without prefix) in float32 and HF shape, norms without the converter's +1 (Gemma 1-3)."""
+        m = re.fullmatch(r"(?:altup_projections|altup_unembed_projections)\.(\d+)\.weight", rel)
+        if m and self.cfg.altup_num_inputs:  # one matrix of the converter's stack
+            return dequantize(self.tensors[self.names[rel]], int(m.group(1)))
         w = dequantize(self.tensors[self.names[rel]])
         if is_norm(rel) and self.norm_shift:
             w = w - self.norm_shift  # llama.cpp stores 1 + w for Gemma 1-3; the reference's rms_norm adds the 1 itself
@@ -599,6 +716,14 @@ class GGUFWeights:
     def per_layer_projection(self) -> tuple[np.ndarray, np.ndarray]:
         """Gemma 4 PLE's context part: per_layer_model_proj [L*P, D] and per_layer_proj_norm [P], float32."""
         return self.tensor("per_layer_model_projection.weight"), self.tensor("per_layer_projection_norm.weight")
+
+    def altup_projections(self) -> list[np.ndarray]:
+        """Gemma 3n: the n-1 AltUp stream projections [D, D] (HF's altup_projections.j = the GGUF's altup_proj[j])."""
+        return [self.tensor(f"altup_projections.{j}.weight") for j in range(self.cfg.altup_num_inputs - 1)]
+
+    def altup_unembed_projections(self) -> list[np.ndarray]:
+        """Gemma 3n: the n-1 projections back [D, D] (altup_unembd_proj[j])."""
+        return [self.tensor(f"altup_unembed_projections.{j}.weight") for j in range(self.cfg.altup_num_inputs - 1)]
 
     def embedding_rows(self, ids: np.ndarray) -> np.ndarray:
         """E[ids] in float32, unscaled (the model scales).  [T] -> [T, hidden]"""
@@ -639,13 +764,13 @@ class GGUFWeights:
 
     def type_counts(self) -> dict[str, int]:
         """GGML type -> number of the text model's tensors stored in it."""
-        return dict(Counter(self.tensors[n].tensor_type.name for n in self.names.values()))
+        return dict(Counter(self.tensors[n].tensor_type.name for n in set(self.names.values())))
 
     def describe(self) -> dict[str, Any]:
         """File, size, quant label and tensor types, for reports and the variants table."""
         counts = self.type_counts()
         elements: Counter[str] = Counter()
-        for n in self.names.values():
+        for n in set(self.names.values()):
             elements[self.tensors[n].tensor_type.name] += int(self.tensors[n].n_elements)
         return {
             "file": self.path.name,
@@ -681,6 +806,14 @@ class ExpertStack:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:  # the whole stack, for tests and reports
         w = dequantize(self._t)
         return w if dtype is None else w.astype(dtype)
+
+
+def _altup_stacks(names: dict[str, str]) -> dict[str, list[str]]:
+    """GGUF name -> the HF names stored in it, for the names several HF tensors share (Gemma 3n's altup stacks)."""
+    by_name: dict[str, list[str]] = {}
+    for rel, name in names.items():
+        by_name.setdefault(name, []).append(rel)
+    return {name: sorted(rels) for name, rels in by_name.items() if len(rels) > 1}
 
 
 def _undecodable(t: gguf.ReaderTensor) -> str | None:

@@ -90,9 +90,10 @@ def norm_findings(variant, original, path: str) -> list[Finding]:  # noqa: ANN00
     Gemma 4's converter stores norms as they are (its RMSNorm is x * w), so there r = w + 1 means a file
     written with the Gemma 1-3 convention: llama.cpp would scale by 1 + w.
     """
-    from release.weights.gguf_reader import is_norm
+    from release.weights.gguf_reader import is_norm, model_label, norm_shift_of
 
-    gemma4 = variant.cfg.generation >= 4
+    gemma4 = norm_shift_of(variant.cfg) == 0.0  # Gemma 4 and Gemma 3n: the converter stores w as it is
+    label = model_label(variant.cfg)
 
     cases: dict[str, list[str]] = {"missing": [], "extra": [], "differs": []}
     for rel in (r for r in variant.names if is_norm(r)):
@@ -107,11 +108,11 @@ def norm_findings(variant, original, path: str) -> list[Finding]:  # noqa: ANN00
     if gemma4:
         if cases["extra"]:
             out.append(Finding("GGUF005", "error", f"{len(cases['extra'])} norm weights ({_some(cases['extra'])}) are "
-                               "stored as 1 + w: Gemma 4's RMSNorm multiplies by w and llama.cpp's Gemma 4 converter "
+                               f"stored as 1 + w: {label}'s RMSNorm multiplies by w and llama.cpp's {label} converter "
                                "stores it as is (the +1 is Gemma 1-3's), so llama.cpp would scale by 1 + w", path=path))
         if cases["missing"]:
             out.append(Finding("GGUF005", "error", f"{len(cases['missing'])} norm weights ({_some(cases['missing'])}) "
-                               "are stored as w - 1: llama.cpp would scale Gemma 4's norms by w - 1", path=path))
+                               f"are stored as w - 1: llama.cpp would scale {label}'s norms by w - 1", path=path))
         cases["extra"] = cases["missing"] = []
     if cases["missing"]:
         out.append(Finding("GGUF005", "error", f"{len(cases['missing'])} norm weights ({_some(cases['missing'])}) are "
