@@ -48,7 +48,7 @@ from typing import Any, Callable
 import gguf
 import numpy as np
 
-from gemma_ref.config import FULL, KNOWN_VARIANTS, SLIDING, config_from_dict, variant_config_json
+from gemma_ref.config import KNOWN_VARIANTS, SLIDING, config_from_dict, variant_config_json
 from gemma_ref.spm_reference import SPACE, PieceType
 from gemma_ref.weights import expected_shapes
 from release.errors import InputError
@@ -109,7 +109,7 @@ def metadata_shape(reader: gguf.GGUFReader, path: Path) -> tuple[int, str, dict[
                          hint="export rebuilds Gemma checkpoints only" + (
                              "; Gemma 3n (gemma3n) is not supported" if arch == "gemma3n" else ""))
     gen = GENERATION_OF_ARCH[arch]
-    K, A, R = gguf.Keys.LLM, gguf.Keys.Attention, gguf.Keys.Rope
+    K, A = gguf.Keys.LLM, gguf.Keys.Attention
 
     def get(key: str) -> Any:
         return _meta(reader, path, key, arch)

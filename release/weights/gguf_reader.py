@@ -413,47 +413,21 @@ def _gemma4_findings(reader: gguf.GGUFReader, cfg: GemmaConfig, a: str, path: Pa
         out.append(Finding("GGUF003", "warning", "the original's layers of one type differ in head width "
                                                  f"(full: {sorted(full_dims)}, sliding: {sorted(swa_dims)}); GGUF has "
                                                  "one key_length per layer type", path=where))
-    check(A.LAYERNORM_RMS_EPS, cfg.rms_norm_eps, "rms_norm_eps")
-    check(K.CONTEXT_LENGTH, cfg.max_position_embeddings, "max_position_embeddings")
-    check(R.FREQ_BASE, cfg.rope_global.theta, "full layers' rope_theta", 10_000.0, known_default=True)
-    out.extend(_rope_scaling(reader, cfg, a, path))
-    check(K.ATTN_LOGIT_SOFTCAPPING, cfg.attn_logit_softcapping, "attn_logit_softcapping")
-    check(K.FINAL_LOGIT_SOFTCAPPING, cfg.final_logit_softcapping, "final_logit_softcapping")
-    check(A.SLIDING_WINDOW, cfg.sliding_window, "sliding_window")
-    key = A.SLIDING_WINDOW_PATTERN.format(arch=a)
-    pattern = metadata(reader, key, path)
-    kinds = ", ".join("L" if t == SLIDING else "G" for t in cfg.layer_types)
-    if pattern is None:
-        out.append(Finding("GGUF002", "warning", f"{key} is missing (the original's layers: {kinds})", path=where))
-    elif _layer_kinds(pattern, L) != cfg.layer_types:
-        out.append(Finding("GGUF001", "error", f"{key} is {_short(pattern)}; the original's layers are {kinds}",
-                           path=where))
-    check(A.SHARED_KV_LAYERS, cfg.num_kv_shared_layers, "num_kv_shared_layers")
-    check(K.EMBD_LENGTH_PER_LAYER_INP, cfg.hidden_size_per_layer_input, "hidden_size_per_layer_input (0: no PLE)")
+    out.extend(_per_layer_model_keys(reader, cfg, a, path, check))
     check(K.EXPERT_COUNT, cfg.num_experts or None, "num_experts")
     check(K.EXPERT_USED_COUNT, cfg.top_k_experts or None, "top_k_experts")
     check(K.EXPERT_FEED_FORWARD_LENGTH, cfg.moe_intermediate_size or None, "moe_intermediate_size")
     return out
 
 
-def _gemma3n_findings(reader: gguf.GGUFReader, cfg: GemmaConfig, a: str, path: Path, check, per_layer) -> list[Finding]:
-    """Gemma 3n's keys (Gemma3NModel.set_gguf_parameters on top of Gemma3Model's and TextModel's) against the config.
-
-    Besides Gemma 3's: ``altup.active_idx``, ``altup.num_inputs``, ``embedding_length_per_layer_input``,
-    ``attention.shared_kv_layers``, ``sliding_window_pattern`` (bool per layer), ``activation_sparsity_scale``
-    (per layer, the standard normal's quantile of ``activation_sparsity_pattern``: -inf for 0.0, i.e. no
-    sparsity) and ``feed_forward_length`` per layer when the config lists one width per layer.
-    """
+def _per_layer_model_keys(reader: gguf.GGUFReader, cfg: GemmaConfig, a: str, path: Path, check) -> list[Finding]:
+    """The keys Gemma 4 and Gemma 3n GGUFs share: eps, context, global RoPE, soft-caps, the per-layer
+    sliding pattern (one bool per layer), KV-shared layers and the per-layer-embedding width."""
     where, out = str(path), []
     K, A, R = gguf.Keys.LLM, gguf.Keys.Attention, gguf.Keys.Rope
-    default_hd = cfg.hidden_size // cfg.num_attention_heads
-    check(A.KEY_LENGTH, cfg.head_dim, "head_dim", default_hd, known_default=True)
-    check(A.VALUE_LENGTH, cfg.head_dim, "head_dim", default_hd, known_default=True)
     check(A.LAYERNORM_RMS_EPS, cfg.rms_norm_eps, "rms_norm_eps")
     check(K.CONTEXT_LENGTH, cfg.max_position_embeddings, "max_position_embeddings")
     check(R.FREQ_BASE, cfg.rope_global.theta, "full layers' rope_theta", 10_000.0, known_default=True)
-    if metadata(reader, R.FREQ_BASE_SWA.format(arch=a), path) is not None:
-        check(R.FREQ_BASE_SWA, cfg.rope_local.theta, "sliding layers' rope_theta (rope_local_base_freq)")
     out.extend(_rope_scaling(reader, cfg, a, path))
     check(K.ATTN_LOGIT_SOFTCAPPING, cfg.attn_logit_softcapping, "attn_logit_softcapping")
     check(K.FINAL_LOGIT_SOFTCAPPING, cfg.final_logit_softcapping, "final_logit_softcapping")
@@ -467,7 +441,26 @@ def _gemma3n_findings(reader: gguf.GGUFReader, cfg: GemmaConfig, a: str, path: P
         out.append(Finding("GGUF001", "error", f"{key} is {_short(pattern)}; the original's layers are {kinds}",
                            path=where))
     check(A.SHARED_KV_LAYERS, cfg.num_kv_shared_layers, "num_kv_shared_layers")
-    check(K.EMBD_LENGTH_PER_LAYER_INP, cfg.hidden_size_per_layer_input, "hidden_size_per_layer_input")
+    check(K.EMBD_LENGTH_PER_LAYER_INP, cfg.hidden_size_per_layer_input, "hidden_size_per_layer_input (0: no PLE)")
+    return out
+
+
+def _gemma3n_findings(reader: gguf.GGUFReader, cfg: GemmaConfig, a: str, path: Path, check, per_layer) -> list[Finding]:
+    """Gemma 3n's keys (Gemma3NModel.set_gguf_parameters on top of Gemma3Model's and TextModel's) against the config.
+
+    Besides Gemma 3's: ``altup.active_idx``, ``altup.num_inputs``, ``embedding_length_per_layer_input``,
+    ``attention.shared_kv_layers``, ``sliding_window_pattern`` (bool per layer), ``activation_sparsity_scale``
+    (per layer, the standard normal's quantile of ``activation_sparsity_pattern``: -inf for 0.0, i.e. no
+    sparsity) and ``feed_forward_length`` per layer when the config lists one width per layer.
+    """
+    out: list[Finding] = []
+    K, A, R = gguf.Keys.LLM, gguf.Keys.Attention, gguf.Keys.Rope
+    default_hd = cfg.hidden_size // cfg.num_attention_heads
+    check(A.KEY_LENGTH, cfg.head_dim, "head_dim", default_hd, known_default=True)
+    check(A.VALUE_LENGTH, cfg.head_dim, "head_dim", default_hd, known_default=True)
+    if metadata(reader, R.FREQ_BASE_SWA.format(arch=a), path) is not None:
+        check(R.FREQ_BASE_SWA, cfg.rope_local.theta, "sliding layers' rope_theta (rope_local_base_freq)")
+    out.extend(_per_layer_model_keys(reader, cfg, a, path, check))
     check(K.ALTUP_ACTIVE_IDX, cfg.altup_active_idx, "altup_active_idx")
     check(K.ALTUP_NUM_INPUTS, cfg.altup_num_inputs, "altup_num_inputs")
     nd = statistics.NormalDist()  # torch.distributions.Normal(0, 1).icdf, as the converter computes it
