@@ -3,6 +3,7 @@
     python benchmarks/bench_forward.py                          # gemma-2b shape: all runs
     python benchmarks/bench_forward.py --variant gemma-7b       # runs that fit in RAM only
     python benchmarks/bench_forward.py --variant gemma-4-26B-A4B --layers 4   # real width, cut depth
+    python benchmarks/bench_forward.py --variant gemma-3n-E2B --repeat 2
 
 Writes a random bf16 checkpoint with the variant's real tensor names and shapes
 (benchmarks/bench_verify.py's writer) unless it is there; nothing is downloaded.
@@ -26,9 +27,10 @@ that rate; the decode bound is the bytes of weights one token must read (bf16
 when streaming, float32 when cached) at that bandwidth. Runs that cannot fit
 in RAM are skipped and say so.
 
-Gemma 4: the FLOPs and bytes count what one token really runs through: the
-routed experts only (26B-A4B: 8 of 128), not the per-layer-embedding table
-(E2B/E4B: rows are gathered, 2.35B parameters never multiplied). For MoE
+Gemma 4 and 3n: the FLOPs and bytes count what one token really runs through:
+the routed experts only (26B-A4B: 8 of 128), not the per-layer-embedding table
+(Gemma 4 E2B/E4B, Gemma 3n: rows are gathered; 2.35B / 2.01B parameters never
+multiplied), nor the K/V projections KV-shared layers do not run. For MoE
 models the NumPy runs also count the bytes of expert weights read per decoded
 token (every ``linear`` call inside ``gemma_ref.model.moe``, instrumented
 from here) against the routed experts' bytes.

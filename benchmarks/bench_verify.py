@@ -49,8 +49,8 @@ sys.path.insert(0, str(ROOT))
 def variant_config(variant: str, layers: int | None = None) -> dict:
     """The variant's config.json as a dict; with `layers`, cut to its first `layers` layers (real width).
 
-    Gemma 4: layer_types is cut alike (the config forces the last layer to full attention, so a cut
-    model keeps both layer types), and KV sharing keeps its share of the layers, rounded down, as long
+    Per-layer lists are cut alike. Gemma 4 and 3n: layer_types too, with the last layer forced to
+    full attention (as Gemma 4's config does, so a cut model keeps both layer types), and KV sharing keeps its share of the layers, rounded down, as long
     as an earlier layer of each type is left to share from.
     """
     from gemma_ref.config import FULL, variant_config_json
@@ -62,6 +62,11 @@ def variant_config(variant: str, layers: int | None = None) -> dict:
     if layers < 1:
         raise SystemExit("--layers must be at least 1")
     raw["num_hidden_layers"] = layers
+    # Every per-layer list (Gemma 3n: activation_sparsity_pattern, a listed intermediate_size) keeps
+    # its first `layers` entries.
+    for key, value in raw.items():
+        if isinstance(value, list) and len(value) == n and key != "layer_types":
+            raw[key] = value[:layers]
     if raw.get("layer_types"):
         raw["layer_types"] = list(raw["layer_types"][:layers - 1]) + [FULL]
     if raw.get("num_kv_shared_layers"):
@@ -121,8 +126,8 @@ def write_checkpoint(variant: str, out: Path, shard_bytes: int = 2 << 30, seed: 
         for name in names:
             shape = shapes[name]
             if len(shape) == 1:
-                # Gemma 4 norms multiply by w (no +1), so they sit around 1 there; Gemma 1-3 store w - 1.
-                mean = 1.0 if cfg.generation >= 4 else 0.0
+                # Gemma 4 and 3n norms multiply by w (no +1), so they sit around 1 there; Gemma 1-3 store w - 1.
+                mean = 1.0 if cfg.generation >= 4 or cfg.altup_num_inputs else 0.0
                 tensors["model." + name] = (mean + rng.standard_normal(shape, dtype=np.float32) * np.float32(0.3)).astype(
                     ml_dtypes.bfloat16)
             else:

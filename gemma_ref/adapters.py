@@ -49,6 +49,7 @@ import numpy as np
 from gemma_ref.errors import InputError
 from gemma_ref.weights import (
     NUMPY_DTYPES,
+    WeightIssue,
     Weights,
     _unused_by_design,
     expected_shapes,
@@ -293,6 +294,7 @@ class Adapter:
     names: dict[tuple[int, str], str]  # the same keys -> the module's full name in PEFT's model
     embed_tokens: np.ndarray | None = None  # [V, D] trained input table (modules_to_save), stored dtype
     lm_head: np.ndarray | None = None  # [V, D] trained output head, stored dtype
+    saved_names: dict[str, str] = field(default_factory=dict)  # "embed_tokens" / "lm_head" -> its tensor's name
     skipped: list[str] = field(default_factory=list)  # adapted modules of other towers
     n_params: int = 0  # trainable parameters saved (LoRA + modules_to_save)
 
@@ -304,6 +306,30 @@ class Adapter:
         if self.embed_tokens is not None and self.config.ensure_weight_tying:
             return self.embed_tokens
         return None
+
+    def scan_nonfinite(self, block_rows: int = 4096) -> list[WeightIssue]:
+        """NaN/Inf in the adapter's own tensors: a diverged fine-tune saves them as readily as a base does."""
+        file = str(self.path / WEIGHTS_NAME)
+        tensors: list[tuple[str, np.ndarray]] = []
+        for key, lora in self.loras.items():
+            full = self.names[key]
+            tensors += [(f"{KEY_PREFIX}{full}.lora_A.weight", lora.A), (f"{KEY_PREFIX}{full}.lora_B.weight", lora.B)]
+            if lora.bias is not None:
+                tensors.append((f"{KEY_PREFIX}{full}.lora_B.bias", lora.bias))
+            if lora.magnitude is not None:
+                tensors.append((f"{KEY_PREFIX}{full}.lora_magnitude_vector", lora.magnitude))
+        for kind in ("embed_tokens", "lm_head"):
+            if getattr(self, kind) is not None:
+                tensors.append((self.saved_names[kind], getattr(self, kind)))
+        issues = []
+        for name, t in tensors:
+            # saved tables stay memory-mapped in their stored dtype: counted a block of rows at a time
+            bad = sum(int(block.size - np.count_nonzero(np.isfinite(block.astype(f32))))
+                      for block in (t[i:i + block_rows] for i in range(0, max(len(t), 1), block_rows)))
+            if bad:
+                issues.append(WeightIssue("nonfinite", "error", f"adapter tensor {name!r} holds {bad} NaN/Inf values",
+                                          name, file))
+        return issues
 
     def summary(self) -> dict[str, Any]:
         """What the adapter adapts, for ``inspect``."""
@@ -457,6 +483,7 @@ def load_adapter(adapter_dir: str | os.PathLike, base: Weights) -> Adapter:
             raise InputError(f"saved {kind} is {list(t.shape)}, the base's is {list(table_shape)}", file,
                              hint="an adapter made for another base model")
         setattr(adapter, kind, t)
+        adapter.saved_names[kind] = name
         adapter.n_params += t.size
     for s in cfg.modules_to_save:
         kind = s.rsplit(".", 1)[-1]
@@ -514,4 +541,8 @@ class AdaptedWeights:
 
     def parameter_count(self) -> int:
         return self.base.parameter_count() + self.adapter.n_params
+
+    def scan_nonfinite(self) -> list[WeightIssue]:
+        """The base's tensors and the adapter's."""
+        return self.base.scan_nonfinite() + self.adapter.scan_nonfinite()
 

@@ -62,6 +62,7 @@ FOREIGN_PREFIXES = ("vision_tower.", "model.vision_tower.", "multi_modal_project
                     "embed_audio.", "model.embed_audio.", "model.vision_embedder.", "model.audio_embedder.")
 SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 NUMPY_DTYPES = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32}
+BF16 = np.dtype(ml_dtypes.bfloat16)
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
@@ -374,9 +375,22 @@ def matmul_stored(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     for start in range(0, n_out, rows):
         stop = min(start + rows, n_out)
         chunk = buf[: (stop - start) * n_in].reshape(stop - start, n_in)
-        _on_all_cores(lambda lo, hi: np.copyto(chunk[lo:hi], w[start + lo:start + hi]), stop - start)  # exact
+        _on_all_cores(lambda lo, hi: to_float32(chunk[lo:hi], w[start + lo:start + hi]), stop - start)
         out[:, start:stop] = (chunk @ x.T).T  # [rows, in] @ [in, T] -> [rows, T], the faster orientation
     return out
+
+
+def to_float32(dst: np.ndarray, src: np.ndarray) -> None:
+    """dst[...] = src in float32, exactly.
+
+    A bf16 value is the top half of the float32 with the same value, so its 16 bits shifted up are
+    that float32, bit for bit (NaN, Inf and subnormals too): one integer pass, 1.3-1.4x faster than
+    NumPy's cast (measured 6.3 vs 4.5 GB/s of bf16 on one core). Other dtypes are cast.
+    """
+    if src.dtype == BF16:
+        np.left_shift(src.view(np.uint16), 16, out=dst.view(np.uint32), dtype=np.uint32)
+    else:
+        np.copyto(dst, src)
 
 
 def _on_all_cores(job, n: int) -> None:
@@ -395,7 +409,7 @@ def _convert_and_dot(v: np.ndarray, w: np.ndarray, out: np.ndarray, lo: int, hi:
     for start in range(lo, hi, rows):
         stop = min(start + rows, hi)
         chunk = buf[: (stop - start) * n_in].reshape(stop - start, n_in)
-        np.copyto(chunk, w[start:stop])  # bf16 -> f32, exact
+        to_float32(chunk, w[start:stop])
         # Dot products, not a BLAS matrix-vector call: on chunks past 1 MB that one starts BLAS's
         # own threads, and two workers doing so at once ran 4x slower. Long rows go in pieces that
         # keep their part of v in L1, then the pieces are summed (in cache 1.5x faster for in = 16384;
@@ -579,7 +593,7 @@ class Weights:
             for start in range(0, n_rows, step):
                 src = self._slice(rel)[start:start + step]
                 block = _chunk_buffer(src.size, "scan")[: src.size].reshape(src.shape)  # reused: no page faults
-                np.copyto(block, src)
+                to_float32(block, src)
                 bad += int(block.size - np.count_nonzero(np.isfinite(block)))
             if bad:
                 issues.append(WeightIssue("nonfinite", "error", f"tensor {info.name!r} holds {bad} NaN/Inf values",

@@ -237,6 +237,24 @@ def test_cli_verify_adapter(cli):
     assert r.code == 0, r.out + r.err
 
 
+@pytest.mark.parametrize("case, tensor", [
+    ("gemma3_dora", "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"),
+    ("gemma3_dora", "base_model.model.model.layers.0.mlp.down_proj.lora_magnitude_vector"),
+    ("gemma2_modules_to_save", "base_model.model.model.embed_tokens.weight"),
+])
+def test_cli_verify_names_nonfinite_adapter_tensors(cli, tmp_path, case, tensor):
+    """A diverged fine-tune's NaN in the adapter (not the base) fails the scan, named, before any forward."""
+    def poison(t):
+        t[tensor] = t[tensor].copy()
+        t[tensor].reshape(-1)[[0, -1]] = [np.nan, np.inf]
+    d = copy_adapter(case, tmp_path, tensors=poison)
+    r = cli("verify", d, "-g", ADAPTERS / "goldens" / f"{case}.safetensors", "--json")
+    assert r.code == 1, r.out + r.err
+    bad = [f for f in json.loads(r.out)["findings"] if f["rule"] == "WEIGHTS005"]
+    assert len(bad) == 1 and tensor in bad[0]["message"] and "2 NaN/Inf" in bad[0]["message"]
+    assert bad[0]["path"].endswith("adapter_model.safetensors")
+
+
 def test_cli_verify_adapter_on_wrong_base_exits_2(cli):
     r = cli("verify", ADAPTERS / "gemma2_lora_attn", "--base", MODELS / "gemma3_1b_style",
             "-g", ADAPTERS / "goldens" / "gemma2_lora_attn.safetensors")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -20,13 +21,14 @@ from gemma_ref.config import FULL, SLIDING, config_from_dict, load_config, match
 from gemma_ref.errors import InputError
 from gemma_ref.generate import generate, stop_ids
 from release.card.terms import generation_of_model_type
-from tests.conftest import MODELS, golden_prompts
+from release.weights.golden import read_golden
+from tests.conftest import GOLDENS, MODELS, golden_prompts
 
 TOL = 1e-4
 FAR = 10 * TOL
 R = dataclasses.replace
 G3N, VAULT = "gemma3n_nested", "vaultgemma_layer_types"
-# The cases this file adds: tests over Gemma 1-3's GGUF path must leave them out (no gemma3n GGUF reader yet).
+# The cases this file adds (the Gemma 3n GGUF path has its own tests: test_gguf_gemma3n.py).
 GEMMA3N_VAULT_CASES = (G3N, VAULT)
 
 
@@ -224,6 +226,38 @@ def test_missing_altup_tensor_is_an_error_naming_it(model_copy):
     save_file(t, str(d / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(InputError, match=r"layers\.2\.laurel\.linear_left\.weight"):
         load_model(d)
+
+
+# --- golden --backend transformers (development extra: skipped without torch and transformers) ------------
+
+
+@pytest.mark.parametrize("case", GEMMA3N_VAULT_CASES)
+def test_golden_transformers_backend_reads_the_nested_3n_layout(cli, tmp_path, case):
+    """The backend runs the release as it is (3n: model.language_model.* and towers, nested config) and
+    reproduces the goldens the make-script computed from transformers' own in-memory model."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    gold = read_golden(GOLDENS / f"{case}.safetensors")
+    out = tmp_path / "g.safetensors"
+    r = cli("golden", MODELS / case, "--backend", "transformers",
+            "--ids", ",".join(map(str, gold.prompts[0].ids)), "-o", out)
+    assert r.code == 0, r.err
+    assert np.abs(read_golden(out).prompts[0].logits - gold.prompts[0].logits).max() <= 1e-5
+
+
+def test_golden_transformers_backend_refuses_weights_it_would_make_up(cli, tmp_path):
+    """transformers initialises a missing weight at random and carries on: no golden may come from that."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    d = tmp_path / "m"
+    shutil.copytree(MODELS / G3N, d)
+    tensors = load_file(d / "model.safetensors")
+    del tensors["model.language_model.layers.2.laurel.linear_left.weight"]
+    save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "g.safetensors"
+    r = cli("golden", d, "--backend", "transformers", "--ids", "2,17,300", "-o", out)
+    assert r.code == 2 and "layers.2.laurel.linear_left.weight" in r.err and "random" in r.err
+    assert not out.exists()
 
 
 # --- generation ------------------------------------------------------------------------------------

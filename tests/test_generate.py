@@ -214,6 +214,22 @@ def test_matmul_stored_equals_converted_product(dtype, tokens, n_in, monkeypatch
     np.testing.assert_allclose(W.matmul_stored(x, w), want, rtol=0, atol=2e-6 * np.sqrt(n_in) * 4)
 
 
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16, np.float32])
+def test_to_float32_is_exact_for_every_bit_pattern(dtype):
+    """Every value of the dtype (NaN, Inf, subnormals, -0 included) becomes the float32 ml_dtypes' cast gives."""
+    bits = {2: np.arange(1 << 16, dtype=np.uint16), 4: np.random.default_rng(0).integers(0, 1 << 32, 1 << 16,
+                                                                                          dtype=np.uint32)}
+    src = bits[np.dtype(dtype).itemsize].view(dtype).reshape(256, 256)
+    dst = np.full(src.shape, 7.0, dtype=np.float32)
+    W.to_float32(dst, src)
+    want = src.astype(np.float32)
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(dst), nan)
+    assert np.array_equal(dst[~nan].view(np.uint32), want[~nan].view(np.uint32))  # bitwise: -0 stays -0
+    if dtype == ml_dtypes.bfloat16:  # NaN payloads kept too
+        assert np.array_equal(dst.view(np.uint32) >> 16, src.view(np.uint16).astype(np.uint32))
+
+
 def test_dot_pieces_divide_the_row():
     assert W._dot_piece(2048) == 2048 and W._dot_piece(4096) == 4096  # short rows: one piece
     for n_in in (16384, 24576, 9216, 14336, 36864, 21504, 15360, 6912, 4099):

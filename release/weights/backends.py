@@ -24,6 +24,12 @@ MULTIMODAL_CLASSES = {
     "gemma4": "Gemma4ForConditionalGeneration",  # E2B/E4B (vision + audio), 31B, 26B-A4B (vision)
     "gemma4_unified": "Gemma4UnifiedForConditionalGeneration",  # the 12B: encoder-free vision/audio
 }
+# multimodal model_type -> the text-only class run on its text_config instead. Gemma 3n's full model needs
+# timm for its vision tower, and its text path is the same (model.language_model.* is read through
+# transformers' gemma3n checkpoint mapping; soft-cap 30 from the text config, as the full model applies it).
+TEXT_PATH_CLASSES = {
+    "gemma3n": "Gemma3nForCausalLM",
+}
 
 
 def gemma_ref_logits(model_dir: Path, sequences: list[np.ndarray],
@@ -56,13 +62,23 @@ def transformers_logits(model_dir: Path, sequences: list[np.ndarray],
     model_type = getattr(cfg, "model_type", None)
     # Multimodal checkpoints run their text path through the full model, which reads the weights
     # where they are (model.language_model.*) and applies what the release applies (Gemma 4: soft-cap 30).
-    if model_type in MULTIMODAL_CLASSES:
-        cls = getattr(transformers, MULTIMODAL_CLASSES[model_type])
-    else:  # gemma, gemma2, gemma3_text, gemma4_text (Gemma4ForCausalLM), gemma4_unified_text
-        from transformers import AutoModelForCausalLM as cls
     text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     extra = {"experts_implementation": "eager"} if getattr(text_cfg, "enable_moe_block", False) else {}
-    model = cls.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager", **extra)
+    if model_type in TEXT_PATH_CLASSES:
+        cls = getattr(transformers, TEXT_PATH_CLASSES[model_type])
+        extra["config"] = text_cfg
+    elif model_type in MULTIMODAL_CLASSES:
+        cls = getattr(transformers, MULTIMODAL_CLASSES[model_type])
+    else:  # gemma, gemma2, gemma3_text, gemma3n_text, gemma4_text (Gemma4ForCausalLM), vaultgemma, ...
+        from transformers import AutoModelForCausalLM as cls
+    model, info = cls.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager",
+                                      output_loading_info=True, **extra)
+    # A weight transformers did not find is silently initialised at random: its logits would be no golden.
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise InputError(f"transformers did not find {len(missing)} weight(s) it needs in {model_dir}, "
+                         f"e.g. {', '.join(missing[:3])}; it would have used random values",
+                         hint="check the checkpoint's tensor names (gemma-release inspect), or use --backend gemma_ref")
     peft_version = ""
     if adapter is not None:
         try:
