@@ -68,9 +68,11 @@ FOREIGN = re.compile(r"(^|\.)(vision_tower|vision_model|audio_tower|multi_modal_
 #: Layer projections gemma_ref runs through ``linear`` (so a LoRA on them applies); others are refused by name.
 ADAPTABLE = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
              "mlp.up_proj", "mlp.down_proj", "per_layer_input_gate", "per_layer_projection", "router.proj",
-             "laurel.linear_left", "laurel.linear_right")
-#: Projections outside the layers that run through ``linear`` (Gemma 4's PLE context projection); key layer -1.
-GLOBAL_ADAPTABLE = ("per_layer_model_projection",)
+             "laurel.linear_left", "laurel.linear_right",
+             "altup.modality_router", "altup.prediction_coefs", "altup.correction_coefs")  # Gemma 3n's AltUp: nn.Linear too
+#: Projections outside the layers that run through ``linear`` (Gemma 4 / 3n's PLE context projection, Gemma 3n's
+#: AltUp stream projections); key layer -1.
+GLOBAL_ADAPTABLE = re.compile(r"per_layer_model_projection|altup_(?:unembed_)?projections\.\d+")
 LAYER_MODULE = re.compile(r"(?P<prefix>(?:.*\.)?)layers\.(?P<i>\d+)\.(?P<rel>.+)")
 LORA_PART = re.compile(r"(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|"
                        r"lora_magnitude_vector(?:\.weight)?|lora_embedding_A(?:\.weight)?|lora_embedding_B(?:\.weight)?)")
@@ -417,7 +419,7 @@ def load_adapter(adapter_dir: str | os.PathLike, base: Weights) -> Adapter:
         if lm:
             i, mod = int(lm["i"]), lm["rel"][:-len(".weight")]
             full = f"{prefix}layers.{i}.{mod}"
-        elif rel[:-len(".weight")] in GLOBAL_ADAPTABLE:
+        elif GLOBAL_ADAPTABLE.fullmatch(rel[:-len(".weight")]):
             i, mod = -1, rel[:-len(".weight")]
             full = prefix + mod
         else:
@@ -449,7 +451,7 @@ def load_adapter(adapter_dir: str | os.PathLike, base: Weights) -> Adapter:
             what = (f"missing {', '.join(missing)}" if missing else "") + ("; " if missing and surplus else "") + (
                 f"unexpected {', '.join(surplus)}" if surplus else "")
             raise InputError(f"module {full!r}: {what} (use_dora={cfg.use_dora}, lora_bias={cfg.lora_bias})", file)
-        if mod not in ADAPTABLE + GLOBAL_ADAPTABLE:
+        if mod not in ADAPTABLE and not GLOBAL_ADAPTABLE.fullmatch(mod):
             raise InputError(f"a LoRA on {mod!r} is not supported by gemma_ref (adapted: {', '.join(ADAPTABLE)})", file)
         A, B = tensor(have["lora_A.weight"]), tensor(have["lora_B.weight"])
         if A.ndim != 2 or B.ndim != 2 or A.shape[1] != n_in or B.shape[0] != n_out:
@@ -517,6 +519,17 @@ class AdaptedWeights:
         W, norm = self.base.per_layer_projection()
         lora = self.adapter.loras.get((-1, "per_layer_model_projection"))
         return (W if lora is None else Adapted(W, lora)), norm
+
+    def altup_projections(self) -> list[Any]:
+        return self._global_list("altup_projections", self.base.altup_projections())
+
+    def altup_unembed_projections(self) -> list[Any]:
+        return self._global_list("altup_unembed_projections", self.base.altup_unembed_projections())
+
+    def _global_list(self, name: str, ws: list[np.ndarray]) -> list[Any]:
+        """Gemma 3n's AltUp stream projections `name`.0, .1, ..., each with its LoRA when adapted."""
+        loras = [self.adapter.loras.get((-1, f"{name}.{j}")) for j in range(len(ws))]
+        return [w if lora is None else Adapted(w, lora) for w, lora in zip(ws, loras)]
 
     def layer(self, i: int) -> dict[str, Any]:
         w = self.base.layer(i)

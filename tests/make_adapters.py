@@ -30,7 +30,7 @@ import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from release.weights.backends import MULTIMODAL_CLASSES
+from release.weights.backends import MULTIMODAL_CLASSES, TEXT_PATH_CLASSES
 from release.weights.golden import Golden, GoldenPrompt, write_golden
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -60,6 +60,9 @@ CASES: dict[str, tuple[str, dict]] = {
     # Gemma 4 E2B-style (per-layer embeddings, KV sharing): every linear layer, PLE projections included;
     # a gentler scale: at alpha 8 float32 itself (torch or NumPy) is 3-5e-4 away from float64 here
     "gemma4_e2b_all_linear": ("gemma4_e2b_style", dict(r=4, lora_alpha=2, target_modules="all-linear")),
+    # Gemma 3n (nested release layout, run as transformers' text model): every linear layer, so AltUp's router,
+    # prediction / correction coefficients and stream projections, LAuReL and the PLE projections too
+    "gemma3n_all_linear": ("gemma3n_nested", dict(r=4, lora_alpha=2, target_modules="all-linear")),
 }
 
 
@@ -71,9 +74,14 @@ def prompts(seed: int) -> list[np.ndarray]:
 def load_base(name: str) -> torch.nn.Module:
     path = MODELS / name
     cfg = transformers.AutoConfig.from_pretrained(path)
-    cls = (getattr(transformers, MULTIMODAL_CLASSES[cfg.model_type]) if cfg.model_type in MULTIMODAL_CLASSES
-           else transformers.AutoModelForCausalLM)
-    model = cls.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+    extra = {}
+    if cfg.model_type in TEXT_PATH_CLASSES:  # as the golden backend runs it (Gemma 3n: the text model)
+        cls, extra = getattr(transformers, TEXT_PATH_CLASSES[cfg.model_type]), {"config": cfg.get_text_config()}
+    elif cfg.model_type in MULTIMODAL_CLASSES:
+        cls = getattr(transformers, MULTIMODAL_CLASSES[cfg.model_type])
+    else:
+        cls = transformers.AutoModelForCausalLM
+    model = cls.from_pretrained(path, dtype=torch.float32, attn_implementation="eager", **extra)
     return model.eval()
 
 

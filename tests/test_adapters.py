@@ -112,6 +112,18 @@ def test_adapter_ignored_fails(case):
         assert max(float(np.abs(m.forward(p.ids) - p.logits).max()) for p in gold.prompts) > 1e-2
 
 
+@pytest.mark.parametrize("group", ["altup.modality_router", "altup.prediction_coefs", "altup.correction_coefs",
+                                   "altup_projections", "altup_unembed_projections", "laurel"])
+def test_gemma3n_altup_and_laurel_loras_each_matter(group):
+    """all-linear on Gemma 3n adapts AltUp's router, coefficients and stream projections: each one counts."""
+    with load_model(ADAPTERS / "gemma3n_all_linear") as m:
+        assert max_diff(m, "gemma3n_all_linear") <= 1e-4
+        kept = {k: v for k, v in m.adapter.loras.items() if not k[1].startswith(group)}
+        assert len(kept) < len(m.adapter.loras)
+        m.adapter.loras = kept
+        assert max_diff(m, "gemma3n_all_linear") > 1e-2
+
+
 def test_modules_to_save_ignored_fails():
     with load_model(ADAPTERS / "gemma2_modules_to_save") as m:
         m.adapter.embed_tokens = None
@@ -321,7 +333,8 @@ def test_generate_with_kv_cache_matches_full_forward(case):
 # --- export --merge ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["gemma2_lora_attn", "gemma3_all_linear_rslora", "gemma3_dora", "gemma4_e2b_all_linear"])
+@pytest.mark.parametrize("case", ["gemma2_lora_attn", "gemma3_all_linear_rslora", "gemma3_dora", "gemma4_e2b_all_linear",
+                                  "gemma3n_all_linear"])
 def test_export_merge_matches_the_adapter(cli, tmp_path, case):
     out = tmp_path / "merged"
     r = cli("export", ADAPTERS / case, "--merge", "-o", out)

@@ -71,6 +71,9 @@ def transformers_logits(model_dir: Path, sequences: list[np.ndarray],
         cls = getattr(transformers, MULTIMODAL_CLASSES[model_type])
     else:  # gemma, gemma2, gemma3_text, gemma3n_text, gemma4_text (Gemma4ForCausalLM), vaultgemma, ...
         from transformers import AutoModelForCausalLM as cls
+    # Its load report lists every tower tensor a text path leaves alone as UNEXPECTED; what matters,
+    # a MISSING weight, is checked below and said in one line.
+    transformers.logging.set_verbosity_error()
     model, info = cls.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager",
                                       output_loading_info=True, **extra)
     # A weight transformers did not find is silently initialised at random: its logits would be no golden.

@@ -261,6 +261,13 @@ def _ranges(layers: list[int]) -> str:
     return ("layer " if len(layers) == 1 else "layers ") + ", ".join(parts)
 
 
+def _where(layers: list[int]) -> str:
+    """Adapted layer indices, -1 standing for projections outside the layers (PLE, AltUp): "layers 0-7 and outside them"."""
+    inside = [i for i in layers if i >= 0]
+    outside = "the model outside its layers" if -1 in layers else ""
+    return " and ".join(x for x in (_ranges(inside) if inside else "", outside) if x)
+
+
 # --- adapters ------------------------------------------------------------------------------------
 
 
@@ -298,7 +305,7 @@ def _adapter_rows(a: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("adapter", f"{a['method']} {a['adapter']} on {a['base']}"
              + ("" if a["fits_base"] else " [red](does not fit the base)[/]")),
             ("targets", str(a["target_modules"]) + (f" -> {a['n_adapted']} projections ({', '.join(a['adapted_modules'])}) "
-                                                     f"in {_ranges(a['adapted_layers'])}" if a.get("n_adapted") else "")),
+                                                     f"in {_where(a['adapted_layers'])}" if a.get("n_adapted") else "")),
             ("rank / alpha", f"r {a['r']}, lora_alpha {a['lora_alpha']:g}"
              + (f", ranks used {a['ranks']}" if a.get("ranks") else "")),
             ("scaling", a["scaling_rule"] + (f" = {', '.join(f'{s:g}' for s in a['scales'])}" if a.get("scales") else ""))]
