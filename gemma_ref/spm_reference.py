@@ -257,6 +257,53 @@ def byte_piece(byte: int) -> str:
     return f"<0x{byte:02X}>"
 
 
+# Writing one: the inverse of the reader, for vocabularies that arrive in another form (a GGUF's
+# tokenizer.ggml.* arrays, a tokenizers tokenizer.json) and must become a tokenizer.model.
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # negative int32s are written as 10-byte two's complement, as protobuf does
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            return bytes(out)
+
+
+def _ld(number: int, payload: bytes) -> bytes:  # a length-delimited field
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _vi(number: int, value: int) -> bytes:  # a varint field
+    return _varint(number << 3) + _varint(value)
+
+
+def _piece_bytes(text: str, score: float, kind: PieceType) -> bytes:
+    body = _ld(1, text.encode("utf-8")) + _varint(2 << 3 | 5) + struct.pack("<f", score)
+    return _ld(1, body + (_vi(3, kind) if kind != PieceType.NORMAL else b""))
+
+
+def write_model_proto(pieces: list[tuple[str, float, PieceType]], special_ids: dict[str, int | None]) -> bytes:
+    """A Gemma-style BPE ``tokenizer.model``: these (piece, score, type) in id order, identity normalizer.
+
+    ``special_ids``: "unk", "bos", "eos", "pad" -> id (or None). Byte fallback is on when all 256
+    byte pieces are there. Gemma's normalizer: no dummy prefix, whitespace kept, spaces as "▁".
+    """
+    n = len(pieces)
+    body = b"".join(_piece_bytes(text, score, kind) for text, score, kind in pieces)
+    name = {k: pieces[v][0] for k, v in special_ids.items() if isinstance(v, int) and 0 <= v < n}
+    byte_fallback = sum(kind == PieceType.BYTE for _, _, kind in pieces) == 256
+    trainer = (_vi(3, ModelType.BPE) + _vi(4, n) + _vi(35, int(byte_fallback))
+               + b"".join(_vi(num, special_ids[k]) for num, k in ((40, "unk"), (41, "bos"), (42, "eos"), (43, "pad"))
+                          if k in name)
+               + _ld(44, " \u2047 ".encode())  # unk_surface, SentencePiece's default
+               + b"".join(_ld(num, name[k].encode()) for num, k in ((45, "unk"), (46, "bos"), (47, "eos"), (48, "pad"))
+                          if k in name))
+    normalizer = _ld(1, b"identity") + _vi(3, 0) + _vi(4, 0) + _vi(5, 1)  # no dummy prefix, spaces kept, "▁"
+    return body + _ld(2, trainer) + _ld(3, normalizer)
+
+
 # ---------------------------------------------------------------------------------------------
 # User-defined pieces: a character trie for longest-prefix matching
 # ---------------------------------------------------------------------------------------------

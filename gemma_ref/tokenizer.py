@@ -1,6 +1,8 @@
 """Gemma's tokenizer: text to the ids the released model saw, and back.
 
-Gemma ships a SentencePiece BPE model, ``tokenizer.model``, configured so that
+Gemma ships a SentencePiece BPE model, ``tokenizer.model`` (releases saved by
+transformers 5 carry only its ``tokenizer.json`` form, read by
+:mod:`gemma_ref.tokenizer_json` into the same model), configured so that
 text is taken exactly as written: no Unicode normalization, no dummy-prefix
 space, whitespace kept (runs of spaces, tabs and newlines have pieces of their
 own), digits split one per token, and byte fallback for anything else. The
@@ -31,6 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from gemma_ref.errors import InputError
 from gemma_ref.spm_reference import SentencePieceBPE, check_text
+from gemma_ref.tokenizer_json import TOKENIZER_JSON, model_proto_from_tokenizer_json
 
 TOKENIZER_FILE = "tokenizer.model"
 BACKENDS = ("sentencepiece", "reference")
@@ -59,33 +62,50 @@ class DoubledBOSWarning(UserWarning):
 
 
 def find_tokenizer_file(path: str | os.PathLike) -> Path:
-    """``path`` itself when it is a file, else ``path/tokenizer.model``; InputError when missing."""
+    """``path`` itself when it is a file, else ``path/tokenizer.model``, else ``path/tokenizer.json``;
+    InputError when there is none."""
     p = Path(path)
     if p.is_dir():
-        candidate = p / TOKENIZER_FILE
-        if candidate.is_file():
-            return candidate
-        hint = None
-        if (p / "tokenizer.json").is_file():
-            hint = "only tokenizer.json is there; gemma-release reads the SentencePiece tokenizer.model that Gemma ships"
-        raise InputError(f"no {TOKENIZER_FILE} in this directory", p, hint=hint)
+        for name in (TOKENIZER_FILE, TOKENIZER_JSON):
+            if (p / name).is_file():
+                return p / name
+        raise InputError(f"no {TOKENIZER_FILE} (nor {TOKENIZER_JSON}) in this directory", p)
     if p.is_file():
         return p
-    raise InputError("no such file or directory (expected a tokenizer.model or a model directory holding one)", p)
+    raise InputError("no such file or directory (expected a tokenizer.model or tokenizer.json, or a model directory "
+                     "holding one)", p)
+
+
+def has_tokenizer(model_dir: str | os.PathLike) -> bool:
+    """Whether a model directory carries a tokenizer this module reads (tokenizer.model or tokenizer.json)."""
+    return any((Path(model_dir) / name).is_file() for name in (TOKENIZER_FILE, TOKENIZER_JSON))
+
+
+def read_model_proto(path: str | os.PathLike) -> bytes:
+    """The serialised SentencePiece model of a tokenizer.model, a tokenizer.json, or a directory holding one."""
+    f = find_tokenizer_file(path)
+    if f.suffix == ".json":
+        return model_proto_from_tokenizer_json(f)
+    try:
+        return f.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read the tokenizer model: {e.strerror or e}", f) from None
 
 
 class _SentencePieceLibrary:
     """The ``sentencepiece`` library behind the same small interface as :class:`SentencePieceBPE`."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, proto: bytes):
         import sentencepiece
 
         self.path = path
         try:
-            self._sp = sentencepiece.SentencePieceProcessor(model_file=os.fspath(path))
+            self._sp = sentencepiece.SentencePieceProcessor(model_proto=proto)
         except (RuntimeError, OSError, ValueError) as e:
             raise InputError(f"not a valid SentencePiece model: {e}", path) from None
         self.vocab_size = self._sp.get_piece_size()
+        if self.vocab_size == 0:  # the library takes empty bytes for a model of no pieces
+            raise InputError("not a valid SentencePiece model: it holds no pieces", path)
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = (
             self._sp.bos_id(), self._sp.eos_id(), self._sp.pad_id(), self._sp.unk_id())
 
@@ -103,7 +123,7 @@ class _SentencePieceLibrary:
 
 
 class Tokenizer:
-    """Gemma's tokenizer, loaded from a ``tokenizer.model`` or a model directory holding one.
+    """Gemma's tokenizer, loaded from a ``tokenizer.model`` (or ``tokenizer.json``), or a model directory holding one.
 
     ``backend="sentencepiece"`` (default) is the library, the fast path;
     ``backend="reference"`` is the pure-Python encoder of :mod:`gemma_ref.spm_reference`
@@ -120,10 +140,11 @@ class Tokenizer:
             raise InputError(f"unknown tokenizer backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.path = find_tokenizer_file(path)
         self.backend = backend
+        proto = read_model_proto(self.path)  # tokenizer.json: converted to the model it was converted from
         if backend == "sentencepiece":
-            self._impl: Any = _SentencePieceLibrary(self.path)
+            self._impl: Any = _SentencePieceLibrary(self.path, proto)
         else:
-            self._impl = SentencePieceBPE.from_file(self.path)
+            self._impl = SentencePieceBPE.from_bytes(proto, self.path)
         self.vocab_size: int = self._impl.vocab_size
         self.special_ids: dict[str, int] = {}
         for name in ("pad", "eos", "bos", "unk"):

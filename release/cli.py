@@ -245,12 +245,14 @@ def golden(
     from release.weights.prompts import select_prompts
 
     specs = select_prompts(ids, prompts)
-    if (any(p.ids is None for p in specs) and not (model / "tokenizer.model").is_file() and (model / "config.json").is_file()
+    from gemma_ref.tokenizer import has_tokenizer
+
+    if (any(p.ids is None for p in specs) and not has_tokenizer(model) and (model / "config.json").is_file()
             and base is None):
         what = "the built-in prompts are text" if prompts is None else "the prompts file holds text"
-        raise InputError(f"{what}, and the model has no tokenizer.model to turn them into ids", model,
-                         hint="pass token ids instead, e.g. --ids 2,651,6037 (repeatable), or a --prompts file of ids, "
-                              "or put the model's tokenizer.model in that directory")
+        raise InputError(f"{what}, and the model has no tokenizer.model (nor tokenizer.json) to turn them into ids",
+                         model, hint="pass token ids instead, e.g. --ids 2,651,6037 (repeatable), or a --prompts file "
+                                     "of ids, or put the model's tokenizer.model in that directory")
     with _progress() as bar:
         step = _progress_callback(bar)
         g = make_golden(model, out_file, specs, backend, storage, topk, name, revision,
@@ -462,14 +464,14 @@ def generate(
     from gemma_ref.generate import Sampling, TextStream, generate as run, stop_ids
     from gemma_ref import adapters
     from gemma_ref.model import load_model
-    from gemma_ref.tokenizer import Tokenizer
+    from gemma_ref.tokenizer import Tokenizer, has_tokenizer
 
     from release.files import check_model_files
 
     check_model_files(model)  # a FIFO among the model files would block gemma_ref's readers
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     tok_dir = model  # an adapter without a tokenizer of its own uses its base's
-    if adapters.is_adapter_dir(model) and not (model / "tokenizer.model").is_file():
+    if adapters.is_adapter_dir(model) and not has_tokenizer(model):
         tok_dir = adapters.resolve_base(model, base)
         check_model_files(tok_dir)
     tok = Tokenizer(tok_dir)
@@ -504,7 +506,7 @@ def generate(
 
 @app.command("tokenize")
 def tokenize_cmd(
-    model: Annotated[Path, typer.Argument(help="Model directory holding tokenizer.model, or the tokenizer.model file.", show_default=False)],
+    model: Annotated[Path, typer.Argument(help="Model directory holding tokenizer.model (or tokenizer.json), or that file.", show_default=False)],
     text: Annotated[str, typer.Argument(help="Text to tokenize, taken verbatim (quote it).", show_default=False)],
     json_out: JsonOpt = False,
     backend: Annotated[Literal["sentencepiece", "reference"], typer.Option("--backend", help="sentencepiece (the library) or reference (pure Python).")] = "sentencepiece",

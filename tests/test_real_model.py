@@ -217,6 +217,50 @@ def test_real_tokenizer_backends_equal_sentencepiece(real_export):
     assert (bad_fast, bad_ref) == (0, 0)
 
 
+@pytest.fixture(scope="module")
+def real_tokenizer_json(tmp_path_factory) -> Path:
+    """transformers 5.24's save of the real tokenizer: tokenizer.json + tokenizer_config.json, no tokenizer.model."""
+    import lzma
+
+    d = tmp_path_factory.mktemp("real-tokenizer-json")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (d / name).write_bytes(lzma.decompress((DATA / f"{name}.xz").read_bytes()))
+    return d
+
+
+def test_real_tokenizer_json_equals_the_sentencepiece_model(real_export, real_tokenizer_json):
+    """The 262,144-piece vocabulary read back from transformers' tokenizer.json: every piece and type as in
+    tokenizer.model, and the same ids as sentencepiece on 3,000 strings (tests/make_tokenizer_json.py --real)."""
+    import sentencepiece as spm
+
+    from gemma_ref.spm_reference import parse_model_proto
+    from gemma_ref.tokenizer import Tokenizer, read_model_proto
+
+    t = time.perf_counter()
+    ours = parse_model_proto(read_model_proto(real_tokenizer_json))
+    TIMINGS["tokenizer.json -> model, 262k pieces"] = time.perf_counter() - t
+    original = parse_model_proto((real_export / "tokenizer.model").read_bytes())
+    assert [(p.text, p.type) for p in ours.pieces] == [(p.text, p.type) for p in original.pieces]
+    sp = spm.SentencePieceProcessor(model_file=str(real_export / "tokenizer.model"))
+    tok = Tokenizer(real_tokenizer_json)
+    strings = corpus(3000)
+    assert sum(tok.encode(s, bos=False) != sp.encode(s) for s in strings) == 0
+    assert tok.special_ids == Tokenizer(real_export).special_ids
+
+
+def test_real_tokenizer_json_equals_the_tokenizers_library(real_tokenizer_json):
+    """The library that defines the format agrees on every string without literal control text ("<bos>",
+    which it alone turns into a control id)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from gemma_ref.tokenizer import Tokenizer
+
+    hf = tokenizers.Tokenizer.from_file(str(real_tokenizer_json / "tokenizer.json"))
+    tok = Tokenizer(real_tokenizer_json)
+    plain = [s for s in corpus(3000) if not any(c in s for c in ("<pad>", "<bos>", "<eos>", "<unk>"))]
+    assert len(plain) > 2500
+    assert sum(tok.encode(s, bos=False) != hf.encode(s, add_special_tokens=False).ids for s in plain) == 0
+
+
 # --- the tolerance model and RoPE --------------------------------------------------------------
 
 

@@ -18,6 +18,9 @@ from hypothesis import strategies as st
 
 from gemma_ref.errors import InputError
 from gemma_ref.spm_reference import (
+    _ld,
+    _varint,
+    _vi,
     ModelType,
     PieceType,
     SentencePieceBPE,
@@ -46,25 +49,7 @@ def pair(name: str) -> tuple[spm.SentencePieceProcessor, SentencePieceBPE]:
     return _cache[name]
 
 
-# --- a minimal protobuf writer, to build vocabularies by hand ------------------------------------
-
-
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
-def _ld(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _vi(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value)
+# --- vocabularies built by hand (the wire helpers are spm_reference's writer; the library reads the result) ---
 
 
 def piece_field(text: str, score: float = 0.0, kind: int = PieceType.NORMAL) -> bytes:

@@ -49,7 +49,7 @@ import gguf
 import numpy as np
 
 from gemma_ref.config import KNOWN_VARIANTS, SLIDING, config_from_dict, variant_config_json
-from gemma_ref.spm_reference import SPACE, PieceType
+from gemma_ref.spm_reference import SPACE, PieceType, write_model_proto
 from gemma_ref.weights import expected_shapes
 from release.errors import InputError
 from release.findings import Finding
@@ -250,29 +250,6 @@ def _metadata_errors(reader: gguf.GGUFReader, path: Path, cfg_json: dict[str, An
 # --- tokenizer.model -------------------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
-def _ld(number: int, payload: bytes) -> bytes:  # a length-delimited field
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _vi(number: int, value: int) -> bytes:  # a varint field
-    return _varint(number << 3) + _varint(value)
-
-
-def _piece(text: str, score: float, kind: int) -> bytes:
-    body = _ld(1, text.encode("utf-8")) + _varint(2 << 3 | 5) + struct.pack("<f", score)
-    return _ld(1, body + (_vi(3, kind) if kind != PieceType.NORMAL else b""))
-
-
 @dataclass
 class RebuiltVocab:
     proto: bytes
@@ -299,7 +276,7 @@ def rebuild_tokenizer(reader: gguf.GGUFReader, path: Path) -> RebuiltVocab:
     while n and types[n - 1] == PieceType.UNUSED and tokens[n - 1].startswith("[PAD"):
         n -= 1
     rewritten = 0
-    body = bytearray()
+    pieces: list[tuple[str, float, PieceType]] = []
     for i in range(n):
         text, score, kind = tokens[i], float(scores[i]), int(types[i])
         if score == -1000.0 and kind in (PieceType.CONTROL, PieceType.USER_DEFINED):
@@ -317,20 +294,10 @@ def rebuild_tokenizer(reader: gguf.GGUFReader, path: Path) -> RebuiltVocab:
             kind = PieceType(kind)
         except ValueError:
             raise InputError(f"token {i} has token type {kind}, which SentencePiece does not know", path) from None
-        body += _piece(text, score, kind)
-    name = {k: tokens[v] if isinstance(v, int) and 0 <= v < n else None for k, v in special.items()}
-    if name["unk"] is None:
+        pieces.append((text, score, kind))
+    if not (isinstance(special["unk"], int) and 0 <= special["unk"] < n):
         raise InputError("the GGUF names no unknown token (tokenizer.ggml.unknown_token_id)", path)
-    bytes_ok = sum(1 for t in types[:n] if t == PieceType.BYTE) == 256
-    trainer = (_vi(3, 2) + _vi(4, n)  # model_type BPE, vocab_size
-               + _vi(35, int(bytes_ok))  # byte_fallback
-               + b"".join(_vi(num, special[k]) for num, k in ((40, "unk"), (41, "bos"), (42, "eos"), (43, "pad"))
-                          if isinstance(special[k], int))
-               + _ld(44, " \u2047 ".encode())
-               + b"".join(_ld(num, name[k].encode()) for num, k in ((45, "unk"), (46, "bos"), (47, "eos"), (48, "pad"))
-                          if name[k] is not None))
-    normalizer = _ld(1, b"identity") + _vi(3, 0) + _vi(4, 0) + _vi(5, 1)  # no dummy prefix, spaces kept, "▁"
-    proto = bytes(body) + _ld(2, trainer) + _ld(3, normalizer)
+    proto = write_model_proto(pieces, special)
     return RebuiltVocab(proto, n, rewritten)
 
 

@@ -37,7 +37,7 @@ import gguf
 from gemma_ref.config import GemmaConfig
 from gemma_ref.generate import stop_ids
 from gemma_ref.spm_reference import SPACE, PieceType, parse_model_proto
-from gemma_ref.tokenizer import TOKENIZER_FILE
+from gemma_ref.tokenizer import TOKENIZER_FILE, find_tokenizer_file, has_tokenizer, read_model_proto
 from release.errors import InputError
 from release.findings import Finding, Rule, register_rules
 from release.weights.gguf_reader import metadata
@@ -69,13 +69,13 @@ SPECIAL_KEYS = {"bos": KEY.BOS_ID, "eos": KEY.EOS_ID, "unk": KEY.UNK_ID, "pad": 
 def vocab_findings(reader: gguf.GGUFReader, gguf_path: Path, model_dir: Path, cfg: GemmaConfig) -> list[Finding]:
     """Every way the GGUF's vocabulary differs from ``model_dir/tokenizer.model``, all of them collected."""
     where = str(gguf_path)
-    tok_file = Path(model_dir) / TOKENIZER_FILE
-    if not tok_file.is_file():
+    if not has_tokenizer(model_dir):
         return [Finding("GGUF007", "info", f"the GGUF's vocabulary was not compared: the original directory has no "
-                                           f"{TOKENIZER_FILE}", path=where)]
+                                           f"{TOKENIZER_FILE} (nor tokenizer.json)", path=where)]
+    tok_file = find_tokenizer_file(model_dir)
     try:
-        proto = parse_model_proto(tok_file.read_bytes())
-    except (OSError, ValueError) as e:
+        proto = parse_model_proto(read_model_proto(tok_file))  # a tokenizer.json: the model it converts back to
+    except ValueError as e:
         raise InputError(f"not a readable SentencePiece model ({e})", tok_file) from None
     pieces = proto.pieces
 

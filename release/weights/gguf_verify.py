@@ -70,11 +70,13 @@ def gguf_tolerance(label: str, max_mean_kl: float | None = None, min_top1: float
 
 
 def resolve_prompts(specs: list[PromptSpec], model_dir: Path) -> list[PromptSpec]:
-    """Ids for every prompt: text and chat prompts need the original's tokenizer.model."""
+    """Ids for every prompt: text and chat prompts need the original's tokenizer (tokenizer.model or .json)."""
+    from gemma_ref.tokenizer import has_tokenizer
+
     if all(p.ids is not None for p in specs):
         return specs
-    if not (model_dir / "tokenizer.model").is_file():
-        raise InputError("the original has no tokenizer.model to encode the prompts with", model_dir,
+    if not has_tokenizer(model_dir):
+        raise InputError("the original has no tokenizer.model (nor tokenizer.json) to encode the prompts with", model_dir,
                          hint="pass token ids instead, e.g. --ids 2,651,6037 (repeatable), or put the model's "
                               "tokenizer.model in that directory")
     from release.weights.golden import resolve_prompt_ids

@@ -289,7 +289,9 @@ def make_golden(model_dir: str | os.PathLike, out: str | os.PathLike, prompts: l
     model_dir = Path(model_dir)
     base_dir = Path(adapters.resolve_base(model_dir, base)) if adapters.is_adapter_dir(model_dir) else None
     cfg = load_config(base_dir or model_dir)
-    specs = resolve_prompt_ids(prompts, model_dir if base_dir is None or (model_dir / "tokenizer.model").is_file()
+    from gemma_ref.tokenizer import has_tokenizer
+
+    specs = resolve_prompt_ids(prompts, model_dir if base_dir is None or has_tokenizer(model_dir)
                                else base_dir)  # an adapter without its own tokenizer uses its base's
     sequences = [validate_ids(p.ids, cfg.vocab_size) for p in specs]
     if storage is None:

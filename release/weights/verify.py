@@ -370,7 +370,9 @@ def _token_checks(golden: Golden, model_dir: Path) -> dict[str, bool]:
     """Re-tokenize text prompts when the model ships a tokenizer; {} when nothing can be checked."""
     if not any(p.text is not None or p.messages is not None for p in golden.prompts):
         return {}
-    if not (model_dir / "tokenizer.model").is_file():
+    from gemma_ref.tokenizer import has_tokenizer
+
+    if not has_tokenizer(model_dir):
         return {}
     from release.weights.prompts import encode_golden_prompt  # the tokenizer stack, only when there is text to check
 
