@@ -199,3 +199,32 @@ def model_proto_from_tokenizer_json(path: str | os.PathLike) -> bytes:
     if special["unk"] is None:
         raise InputError("no unknown piece (model.unk_token, or a \"<unk>\" piece)", path)
     return write_model_proto([(p, s, k) for p, s, k in zip(pieces, scores, kinds)], special)  # type: ignore[misc]
+
+
+def differences(model_proto: bytes, json_path: str | os.PathLike, limit: int = 3) -> list[str]:
+    """How a release's tokenizer.json and tokenizer.model disagree (empty when they are the same tokenizer).
+
+    transformers reads tokenizer.json; sentencepiece users and llama.cpp's converter read tokenizer.model:
+    a fine-tune that added tokens to one and not the other gives two tokenizers. Compared: the number of
+    pieces, each piece's text, and its type, except CONTROL vs USER_DEFINED for the pieces
+    tokenizer_config.json names (that, tokenizer.json cannot tell; see the module docstring).
+    """
+    from gemma_ref.spm_reference import parse_model_proto
+
+    json_path = Path(json_path)
+    ours = parse_model_proto(model_proto_from_tokenizer_json(json_path)).pieces
+    theirs = parse_model_proto(model_proto).pieces
+    config_path = json_path.parent / TOKENIZER_CONFIG
+    named = _named_in_config(_read_json(config_path, 16 << 20) if config_path.is_file() else None)
+    loose = {PieceType.CONTROL, PieceType.USER_DEFINED}
+    out = []
+    if len(ours) != len(theirs):
+        longer, name = (ours, TOKENIZER_JSON) if len(ours) > len(theirs) else (theirs, "tokenizer.model")
+        extra = ", ".join(repr(p.text) for p in longer[min(len(ours), len(theirs)):][:limit])
+        out.append(f"{TOKENIZER_JSON} has {len(ours):,} pieces, tokenizer.model {len(theirs):,} (only in {name}: {extra})")
+    bad = [(i, a, b) for i, (a, b) in enumerate(zip(ours, theirs))
+           if a.text != b.text or (a.type != b.type and not ({a.type, b.type} <= loose and a.text in named))]
+    if bad:
+        shown = "; ".join(f"id {i}: {a.text!r} ({a.type.name}) vs {b.text!r} ({b.type.name})" for i, a, b in bad[:limit])
+        out.append(f"{len(bad):,} piece(s) differ ({TOKENIZER_JSON} vs tokenizer.model): {shown}")
+    return out

@@ -246,6 +246,9 @@ def test_real_tokenizer_json_equals_the_sentencepiece_model(real_export, real_to
     strings = corpus(3000)
     assert sum(tok.encode(s, bos=False) != sp.encode(s) for s in strings) == 0
     assert tok.special_ids == Tokenizer(real_export).special_ids
+    from gemma_ref.tokenizer_json import differences
+
+    assert differences((real_export / "tokenizer.model").read_bytes(), real_tokenizer_json / "tokenizer.json") == []
 
 
 def test_real_tokenizer_json_equals_the_tokenizers_library(real_tokenizer_json):

@@ -198,3 +198,53 @@ def test_cli_tokenize_reads_tokenizer_json_and_exits_2_on_a_bad_one(cli, tmp_pat
     d = _edited(tmp_path, lambda t: t["model"].update(type="WordPiece"))
     r = cli("tokenize", d, "Hello", "--json")
     assert r.code == 2 and "tokenizer.json" in r.err and "BPE" in r.err
+
+
+# --- both files shipped: TOKENS002 when they are two tokenizers ---------------------------------------------
+
+
+def _model_with_both(tmp_path: Path) -> Path:
+    d = tmp_path / "model"
+    shutil.copytree(Path(__file__).parent / "data" / "models" / "gemma3_1b_style", d)
+    for f in (OUT_DIR / "gemma3.json").iterdir():
+        shutil.copy(f, d / f.name)
+    shutil.copy(OUT_DIR / "gemma3.model", d / "tokenizer.model")
+    return d
+
+
+def test_verify_warns_when_tokenizer_json_and_model_disagree(tmp_path, cli):
+    d = _model_with_both(tmp_path)
+    golden = tmp_path / "g.safetensors"
+    assert cli("golden", d, "-o", golden).code == 0
+    r = cli("verify", d, "-g", golden, "--json")
+    assert r.code == 0 and not [f for f in json.loads(r.out)["findings"] if f["rule"] == "TOKENS002"]
+
+    # A fine-tune added a token to tokenizer.json (what transformers saves) but shipped the base's tokenizer.model.
+    data = json.loads((d / "tokenizer.json").read_text())
+    n = len(data["model"]["vocab"])
+    data["added_tokens"].append({"id": n, "content": "<|im_start|>", "special": False})
+    (d / "tokenizer.json").write_text(json.dumps(data))
+    r = cli("verify", d, "-g", golden, "--json")
+    found = [f for f in json.loads(r.out)["findings"] if f["rule"] == "TOKENS002"]
+    assert r.code == 0 and len(found) == 1 and found[0]["severity"] == "warning"
+    assert "'<|im_start|>'" in found[0]["message"] and found[0]["path"].endswith("tokenizer.json")
+
+    (d / "tokenizer.json").write_text("{")  # unreadable next to a good tokenizer.model: still verified, and said
+    r = cli("verify", d, "-g", golden, "--json")
+    found = [f for f in json.loads(r.out)["findings"] if f["rule"] == "TOKENS002"]
+    assert r.code == 0 and len(found) == 1 and "cannot be read" in found[0]["message"]
+
+
+def test_renamed_piece_is_a_difference(tmp_path):
+    from gemma_ref.tokenizer_json import differences
+
+    d = _model_with_both(tmp_path)
+    assert differences((d / "tokenizer.model").read_bytes(), d / "tokenizer.json") == []
+    data = json.loads((d / "tokenizer.json").read_text())
+    for tok in data["added_tokens"]:
+        if tok["content"] == "<start_of_turn>":
+            tok["content"] = "<|turn>"
+            data["model"]["vocab"]["<|turn>"] = data["model"]["vocab"].pop("<start_of_turn>")
+    (d / "tokenizer.json").write_text(json.dumps(data))
+    found = differences((d / "tokenizer.model").read_bytes(), d / "tokenizer.json")
+    assert len(found) == 1 and "1 piece(s) differ" in found[0] and "'<|turn>'" in found[0]

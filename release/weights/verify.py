@@ -37,6 +37,8 @@ register_rules(
     Rule("LOGITS001", "error", "logits differ from the golden file by more than the tolerance"),
     Rule("LOGITS002", "error", "KL divergence or top-1 agreement outside the requested bounds"),
     Rule("TOKENS001", "error", "the model's tokenizer gives other ids for a golden prompt's text than the golden recorded"),
+    Rule("TOKENS002", "warning", "tokenizer.json and tokenizer.model disagree: transformers reads the one, "
+                                 "sentencepiece and llama.cpp's converter the other"),
 )
 _ISSUE_RULE = {"missing": "WEIGHTS001", "shape": "WEIGHTS002", "dtype": "WEIGHTS003", "mixed_dtype": "WEIGHTS003",
                "unexpected": "WEIGHTS004", "lm_head": "WEIGHTS004", "nonfinite": "WEIGHTS005", "foreign": "WEIGHTS006"}
@@ -323,8 +325,26 @@ def verify_model(
                 "TOKENS001", "error",
                 f"prompt {gp.name!r}: the model's tokenizer encodes the recorded text to other ids than the golden's "
                 "(a tokenizer change, separate from the logits)", path=str(model_dir)))
+    report.findings += tokenizer_file_findings(model_dir)
     report.findings += overall_findings(report, str(golden.path))
     return report
+
+
+def tokenizer_file_findings(model_dir: Path) -> list[Finding]:
+    """TOKENS002 when a model directory ships both tokenizer files and they are not the same tokenizer."""
+    from gemma_ref.tokenizer_json import TOKENIZER_JSON, differences
+
+    model_file, json_file = model_dir / "tokenizer.model", model_dir / TOKENIZER_JSON
+    if not (model_file.is_file() and json_file.is_file()):
+        return []
+    try:
+        found = differences(model_file.read_bytes(), json_file)
+    except InputError as e:  # a broken tokenizer.json next to a good tokenizer.model: transformers users get it
+        found = [f"{TOKENIZER_JSON} cannot be read as Gemma's tokenizer: {e.message}"]
+    except (OSError, ValueError) as e:
+        found = [f"tokenizer.model cannot be read: {e}"]
+    return [Finding("TOKENS002", "warning", f"{d}; transformers reads {TOKENIZER_JSON}, sentencepiece and llama.cpp's "
+                                           "converter read tokenizer.model", path=str(json_file)) for d in found]
 
 
 #: Logits verify_model holds at once: beyond this, each prompt runs in chunks of CHUNK_POSITIONS positions
