@@ -106,6 +106,8 @@ class _SentencePieceLibrary:
         self.vocab_size = self._sp.get_piece_size()
         if self.vocab_size == 0:  # the library takes empty bytes for a model of no pieces
             raise InputError("not a valid SentencePiece model: it holds no pieces", path)
+        if not 0 <= self._sp.unk_id() < self.vocab_size:  # lookups of missing pieces would fail later
+            raise InputError("not a valid SentencePiece model: it has no unknown piece", path)
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = (
             self._sp.bos_id(), self._sp.eos_id(), self._sp.pad_id(), self._sp.unk_id())
 

@@ -13,8 +13,8 @@ tokenizer.json         SentencePiece
                        the rank of the first merge that makes it, so both pick the same pair. Pieces
                        no merge makes score below every merge (SentencePiece could still join them).
 ``added_tokens``       USER_DEFINED (matched verbatim: ``<start_of_turn>``, whitespace runs, ``<unusedN>``,
-                       ``<mask>``), but CONTROL (never made from text) for ``special: true`` ones that
-                       are the bos/eos/pad token or that tokenizer_config.json does not name: transformers
+                       ``<mask>``), but CONTROL (never made from text) for the bos/eos/pad tokens and for
+                       ``special: true`` ones that tokenizer_config.json does not name: transformers
                        marks every token the config names (``mask_token``, extra special tokens) special,
                        whatever its SentencePiece type was, so the flag alone would turn <mask> into CONTROL
 ``model.unk_token``    UNKNOWN
@@ -29,6 +29,7 @@ from ``tokenizer_config.json`` when it names them, else from Gemma's piece names
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -121,8 +122,33 @@ def _named_in_config(config: Any) -> set[str]:
 
 
 def model_proto_from_tokenizer_json(path: str | os.PathLike) -> bytes:
-    """A serialised SentencePiece ``tokenizer.model`` equivalent to this ``tokenizer.json``."""
+    """A serialised SentencePiece ``tokenizer.model`` equivalent to this ``tokenizer.json``.
+
+    Gemma's is 33 MB of JSON (about 2 s to read): the result is kept per file, its size, mtime and
+    the tokenizer_config.json beside it, so verify's several tokenizers of one release read it once.
+    """
     path = Path(path)
+    config = path.parent / TOKENIZER_CONFIG
+    try:
+        key = (os.fspath(path.resolve()), _stamp(path), _stamp(config))
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", path) from None
+    return _converted(*key)
+
+
+def _stamp(p: Path) -> tuple[int, int] | None:
+    if not p.is_file():
+        return None
+    st = p.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=4)
+def _converted(path: str, stamp: tuple[int, int] | None, config_stamp: tuple[int, int] | None) -> bytes:
+    return _convert(Path(path))
+
+
+def _convert(path: Path) -> bytes:
     data = _read_json(path, MAX_JSON_BYTES)
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict):
@@ -170,8 +196,10 @@ def model_proto_from_tokenizer_json(path: str | os.PathLike) -> bytes:
         i = tok.get("id") if isinstance(tok, dict) else None
         if not isinstance(i, int) or not 0 <= i < len(pieces) or tok.get("content") != pieces[i]:
             raise InputError(f"added token {json.dumps(tok)[:80]} is not the vocabulary's piece of that id", path)
-        is_control = tok.get("special") is True and (i in control or pieces[i] not in named)
+        is_control = i in control or (tok.get("special") is True and pieces[i] not in named)  # bos/eos/pad: always
         kinds[i] = PieceType.CONTROL if is_control else PieceType.USER_DEFINED
+    for i in control:  # SentencePiece's bos/eos/pad are control pieces, whether or not added_tokens lists them
+        kinds[i] = PieceType.CONTROL
     if model.get("byte_fallback"):
         for b in range(256):
             i = vocab.get(byte_piece(b))
@@ -179,7 +207,10 @@ def model_proto_from_tokenizer_json(path: str | os.PathLike) -> bytes:
                 kinds[i] = PieceType.BYTE
     unk = model.get("unk_token")
     if isinstance(unk, str) and unk in vocab:
-        kinds[vocab[unk]] = PieceType.UNKNOWN
+        special["unk"] = vocab[unk]  # the model's own unknown piece before the config's name for it
+    if special["unk"] is None:
+        raise InputError("no unknown piece (model.unk_token, or a \"<unk>\" piece)", path)
+    kinds[special["unk"]] = PieceType.UNKNOWN  # SentencePiece needs exactly this one
 
     # Scores: minus the rank of the first merge making the piece; unmade pieces below every merge.
     scores = [-float(len(merges) + i) for i in range(len(pieces))]
@@ -196,8 +227,6 @@ def model_proto_from_tokenizer_json(path: str | os.PathLike) -> bytes:
         if kind != PieceType.NORMAL:
             scores[i] = 0.0  # matched or looked up by id, never merged: SentencePiece's own value for them
 
-    if special["unk"] is None:
-        raise InputError("no unknown piece (model.unk_token, or a \"<unk>\" piece)", path)
     return write_model_proto([(p, s, k) for p, s, k in zip(pieces, scores, kinds)], special)  # type: ignore[misc]
 
 

@@ -9,6 +9,7 @@ the tokenizer.json itself. The real 262k vocabulary is tested in test_real_model
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import sentencepiece as spm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gemma_ref.errors import InputError
 from gemma_ref.spm_reference import PieceType, parse_model_proto
@@ -248,3 +251,45 @@ def test_renamed_piece_is_a_difference(tmp_path):
     (d / "tokenizer.json").write_text(json.dumps(data))
     found = differences((d / "tokenizer.model").read_bytes(), d / "tokenizer.json")
     assert len(found) == 1 and "1 piece(s) differ" in found[0] and "'<|turn>'" in found[0]
+
+
+# --- hostile input: any mutation of a real tokenizer.json is read or refused, nothing else ---------------------
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
+                     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4),
+                     max_leaves=12)
+_BASE = json.loads((OUT_DIR / "gemma3.json" / "tokenizer.json").read_text())
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in list(node.items())[:40]:
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node[:40]):
+            yield from _paths(v, prefix + (i,))
+
+
+_ALL_PATHS = [p for p in _paths(_BASE) if p]
+
+
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 150)), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.sampled_from(_ALL_PATHS), value=_JSON)
+def test_mutated_tokenizer_json_is_read_or_refused(tmp_path_factory, where, value):
+    import copy
+
+    data = copy.deepcopy(_BASE)
+    node = data
+    for k in where[:-1]:
+        node = node[k]
+    node[where[-1]] = value
+    d = tmp_path_factory.mktemp("mut")
+    (d / "tokenizer.json").write_text(json.dumps(data))
+    t = time.perf_counter()
+    try:
+        Tokenizer(d).encode("Hello <start_of_turn>user\n  wörld 🤖", bos=True)
+    except InputError as e:  # refused when read, or (no <bos> left) when asked for a BOS
+        assert "tokenizer.json" in str(e)
+    assert time.perf_counter() - t < 2
