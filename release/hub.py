@@ -13,7 +13,10 @@ transport (installed with ``huggingface_hub.set_client_factory``); shorter
 per-request timeouts (``HF_HUB_ETAG_TIMEOUT``, ``HF_HUB_DOWNLOAD_TIMEOUT``) still apply.
 A timeout or a refused connection is final (:class:`HubUnreachable`): huggingface_hub
 would otherwise retry it five times with back-off (about half a minute of sleeping)
-or fall back to a stale cached snapshot.
+or fall back to a stale cached snapshot. Xet-backed files (every new Hub repo) travel
+through hf_xet's own client, which reads its bounds from the environment: its connect
+and read timeouts and its total retry time are set to the same bound (``HF_XET_CLIENT_*``;
+values the user set are kept), instead of hf_xet's 60 s / 300 s / 360 s.
 
 Token hygiene: the token is handed to huggingface_hub and nowhere else. Every
 error leaving this module goes through :func:`scrub`, which removes the token
@@ -133,8 +136,24 @@ def install_timeout(seconds: float | None = None) -> float:
         return client
 
     set_client_factory(factory)
+    _bound_xet(seconds)
     _timeout_installed[:] = [seconds]
     return seconds
+
+
+#: hf_xet's client settings (read from the environment when it starts a transfer) -> its defaults, for reference
+XET_BOUNDS = ("HF_XET_CLIENT_CONNECT_TIMEOUT", "HF_XET_CLIENT_READ_TIMEOUT", "HF_XET_CLIENT_RETRY_MAX_DURATION")
+_xet_set_by_us: dict[str, str] = {}
+
+
+def _bound_xet(seconds: float) -> None:
+    """hf_xet's connect / read timeouts and total retry time: ``seconds``, unless the user set them."""
+    import os
+
+    for key in XET_BOUNDS:
+        if key in os.environ and os.environ[key] != _xet_set_by_us.get(key):
+            continue  # the user's own setting
+        os.environ[key] = _xet_set_by_us[key] = f"{max(1, round(seconds * 1000))}ms"
 
 
 def scrub(text: str, token: str | None = None) -> str:

@@ -14,6 +14,8 @@ import errno
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -397,3 +399,22 @@ def test_debug_adds_the_traceback_and_keeps_exit_2(cli, tmp_path):
     assert r.code == 2
     assert "Traceback" in r.err and "is a directory" in r.err and str(target) in r.err
     assert listing(tmp_path) == {"dir": 4096} or listing(tmp_path).keys() == {"dir"}
+
+
+def test_xet_transfers_get_the_same_bound(tmp_path):
+    """hf_xet (Xet-backed repos) has its own client and reads its timeouts from the environment: after
+    install_timeout, hf_xet's own config holds the bound; a value the user set is kept."""
+    pytest.importorskip("hf_xet")
+    code = ("import hf_xet\n"
+            "from release.hub import install_timeout\n"
+            "install_timeout(7.5)\n"
+            "c = dict(iter(hf_xet.XetConfig()))\n"
+            "print(c['client.connect_timeout'].total_seconds(), c['client.read_timeout'].total_seconds(),"
+            " c['client.retry_max_duration'].total_seconds())\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_XET_")}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["7.5", "7.5", "7.5"]  # hf_xet's defaults: 60, 300, 360
+    env["HF_XET_CLIENT_READ_TIMEOUT"] = "90s"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["7.5", "90.0", "7.5"], r.stderr
