@@ -36,6 +36,7 @@ from gemma_ref.spm_reference import SentencePieceBPE, check_text
 from gemma_ref.tokenizer_json import TOKENIZER_JSON, model_proto_from_tokenizer_json
 
 TOKENIZER_FILE = "tokenizer.model"
+MAX_MODEL_BYTES = 256 << 20  # Gemma's tokenizer.model is 4.7 MB
 BACKENDS = ("sentencepiece", "reference")
 
 # Special pieces looked up by name. pad/eos/bos/unk come from the model's own trainer spec
@@ -87,6 +88,9 @@ def read_model_proto(path: str | os.PathLike) -> bytes:
     if f.suffix == ".json":
         return model_proto_from_tokenizer_json(f)
     try:
+        if f.stat().st_size > MAX_MODEL_BYTES:
+            raise InputError(f"is {f.stat().st_size:,} bytes; a tokenizer.model is a few MB (at most "
+                             f"{MAX_MODEL_BYTES:,} are read)", f)
         return f.read_bytes()
     except OSError as e:
         raise InputError(f"cannot read the tokenizer model: {e.strerror or e}", f) from None

@@ -293,3 +293,12 @@ def test_mutated_tokenizer_json_is_read_or_refused(tmp_path_factory, where, valu
     except InputError as e:  # refused when read, or (no <bos> left) when asked for a BOS
         assert "tokenizer.json" in str(e)
     assert time.perf_counter() - t < 2
+
+
+def test_oversized_tokenizer_model_is_refused_before_reading(tmp_path, monkeypatch):
+    import gemma_ref.tokenizer as T
+
+    monkeypatch.setattr(T, "MAX_MODEL_BYTES", 1000)
+    shutil.copy(OUT_DIR / "gemma3.model", tmp_path / "tokenizer.model")
+    with pytest.raises(InputError, match="a tokenizer.model is a few MB"):
+        Tokenizer(tmp_path)
