@@ -50,8 +50,9 @@ def variant_config(variant: str, layers: int | None = None) -> dict:
     """The variant's config.json as a dict; with `layers`, cut to its first `layers` layers (real width).
 
     Per-layer lists are cut alike. Gemma 4 and 3n: layer_types too, with the last layer forced to
-    full attention (as Gemma 4's config does, so a cut model keeps both layer types), and KV sharing keeps its share of the layers, rounded down, as long
-    as an earlier layer of each type is left to share from.
+    full attention (as Gemma 4's config does, so a cut model keeps both layer types), and KV sharing
+    keeps its share of the layers, rounded down, as long as an earlier layer of each type is left to
+    share from.
     """
     from gemma_ref.config import FULL, variant_config_json
 

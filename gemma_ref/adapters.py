@@ -52,6 +52,7 @@ from gemma_ref.weights import (
     WeightIssue,
     Weights,
     _unused_by_design,
+    count_nonfinite,
     expected_shapes,
     read_headers,
 )
@@ -309,7 +310,7 @@ class Adapter:
             return self.embed_tokens
         return None
 
-    def scan_nonfinite(self, block_rows: int = 4096) -> list[WeightIssue]:
+    def scan_nonfinite(self) -> list[WeightIssue]:
         """NaN/Inf in the adapter's own tensors: a diverged fine-tune saves them as readily as a base does."""
         file = str(self.path / WEIGHTS_NAME)
         tensors: list[tuple[str, np.ndarray]] = []
@@ -323,15 +324,8 @@ class Adapter:
         for kind in ("embed_tokens", "lm_head"):
             if getattr(self, kind) is not None:
                 tensors.append((self.saved_names[kind], getattr(self, kind)))
-        issues = []
-        for name, t in tensors:
-            # saved tables stay memory-mapped in their stored dtype: counted a block of rows at a time
-            bad = sum(int(block.size - np.count_nonzero(np.isfinite(block.astype(f32))))
-                      for block in (t[i:i + block_rows] for i in range(0, max(len(t), 1), block_rows)))
-            if bad:
-                issues.append(WeightIssue("nonfinite", "error", f"adapter tensor {name!r} holds {bad} NaN/Inf values",
-                                          name, file))
-        return issues
+        return [WeightIssue("nonfinite", "error", f"adapter tensor {name!r} holds {bad} NaN/Inf values", name, file)
+                for name, t in tensors if (bad := count_nonfinite(t))]
 
     def summary(self) -> dict[str, Any]:
         """What the adapter adapts, for ``inspect``."""

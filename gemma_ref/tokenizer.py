@@ -70,9 +70,13 @@ def find_tokenizer_file(path: str | os.PathLike) -> Path:
         for name in (TOKENIZER_FILE, TOKENIZER_JSON):
             if (p / name).is_file():
                 return p / name
+            if (p / name).exists():  # a FIFO or directory of that name: reading it would block or fail
+                raise InputError("not a regular file", p / name)
         raise InputError(f"no {TOKENIZER_FILE} (nor {TOKENIZER_JSON}) in this directory", p)
     if p.is_file():
         return p
+    if p.exists():
+        raise InputError("not a regular file (expected a tokenizer.model or tokenizer.json)", p)
     raise InputError("no such file or directory (expected a tokenizer.model or tokenizer.json, or a model directory "
                      "holding one)", p)
 
@@ -88,9 +92,9 @@ def read_model_proto(path: str | os.PathLike) -> bytes:
     if f.suffix == ".json":
         return model_proto_from_tokenizer_json(f)
     try:
-        if f.stat().st_size > MAX_MODEL_BYTES:
-            raise InputError(f"is {f.stat().st_size:,} bytes; a tokenizer.model is a few MB (at most "
-                             f"{MAX_MODEL_BYTES:,} are read)", f)
+        size = f.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise InputError(f"is {size:,} bytes; a tokenizer.model is a few MB (at most {MAX_MODEL_BYTES:,} are read)", f)
         return f.read_bytes()
     except OSError as e:
         raise InputError(f"cannot read the tokenizer model: {e.strerror or e}", f) from None

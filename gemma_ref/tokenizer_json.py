@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,13 +128,22 @@ def model_proto_from_tokenizer_json(path: str | os.PathLike) -> bytes:
     Gemma's is 33 MB of JSON (about 2 s to read): the result is kept per file, its size, mtime and
     the tokenizer_config.json beside it, so verify's several tokenizers of one release read it once.
     """
-    path = Path(path)
-    config = path.parent / TOKENIZER_CONFIG
+    return _load(Path(path)).proto
+
+
+def _load(path: Path) -> _Converted:
+    """The conversion of this file, from the cache while it and the config beside it are unchanged."""
     try:
-        key = (os.fspath(path.resolve()), _stamp(path), _stamp(config))
+        key = (os.fspath(path.resolve()), _stamp(path), _stamp(path.parent / TOKENIZER_CONFIG))
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror or e}", path) from None
     return _converted(*key)
+
+
+@dataclass(frozen=True)
+class _Converted:
+    proto: bytes  # the serialised tokenizer.model
+    guessed: frozenset[int]  # ids read as USER_DEFINED that may have been CONTROL (special and named in the config)
 
 
 def _stamp(p: Path) -> tuple[int, int] | None:
@@ -144,11 +154,11 @@ def _stamp(p: Path) -> tuple[int, int] | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _converted(path: str, stamp: tuple[int, int] | None, config_stamp: tuple[int, int] | None) -> bytes:
+def _converted(path: str, stamp: tuple[int, int] | None, config_stamp: tuple[int, int] | None) -> _Converted:
     return _convert(Path(path))
 
 
-def _convert(path: Path) -> bytes:
+def _convert(path: Path) -> _Converted:
     data = _read_json(path, MAX_JSON_BYTES)
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict):
@@ -192,11 +202,15 @@ def _convert(path: Path) -> bytes:
     control = {special[k] for k in ("bos", "eos", "pad") if special[k] is not None}
     named = _named_in_config(config)
     kinds = [PieceType.NORMAL] * len(pieces)
+    guessed: set[int] = set()
     for tok in added:
         i = tok.get("id") if isinstance(tok, dict) else None
         if not isinstance(i, int) or not 0 <= i < len(pieces) or tok.get("content") != pieces[i]:
             raise InputError(f"added token {json.dumps(tok)[:80]} is not the vocabulary's piece of that id", path)
-        is_control = i in control or (tok.get("special") is True and pieces[i] not in named)  # bos/eos/pad: always
+        special_named = tok.get("special") is True and pieces[i] in named  # <mask>: either type (module docstring)
+        if special_named and i not in control:
+            guessed.add(i)
+        is_control = i in control or (tok.get("special") is True and not special_named)  # bos/eos/pad: always
         kinds[i] = PieceType.CONTROL if is_control else PieceType.USER_DEFINED
     for i in control:  # SentencePiece's bos/eos/pad are control pieces, whether or not added_tokens lists them
         kinds[i] = PieceType.CONTROL
@@ -227,7 +241,8 @@ def _convert(path: Path) -> bytes:
         if kind != PieceType.NORMAL:
             scores[i] = 0.0  # matched or looked up by id, never merged: SentencePiece's own value for them
 
-    return write_model_proto([(p, s, k) for p, s, k in zip(pieces, scores, kinds)], special)  # type: ignore[misc]
+    proto = write_model_proto([(p, s, k) for p, s, k in zip(pieces, scores, kinds)], special)  # type: ignore[misc]
+    return _Converted(proto, frozenset(guessed))
 
 
 def differences(model_proto: bytes, json_path: str | os.PathLike, limit: int = 3) -> list[str]:
@@ -235,16 +250,13 @@ def differences(model_proto: bytes, json_path: str | os.PathLike, limit: int = 3
 
     transformers reads tokenizer.json; sentencepiece users and llama.cpp's converter read tokenizer.model:
     a fine-tune that added tokens to one and not the other gives two tokenizers. Compared: the number of
-    pieces, each piece's text, and its type, except CONTROL vs USER_DEFINED for the pieces
-    tokenizer_config.json names (that, tokenizer.json cannot tell; see the module docstring).
+    pieces, each piece's text, and its type, except CONTROL vs USER_DEFINED where tokenizer.json cannot
+    tell them apart (see the module docstring).
     """
     from gemma_ref.spm_reference import parse_model_proto
 
-    json_path = Path(json_path)
-    ours = parse_model_proto(model_proto_from_tokenizer_json(json_path)).pieces
-    theirs = parse_model_proto(model_proto).pieces
-    config_path = json_path.parent / TOKENIZER_CONFIG
-    named = _named_in_config(_read_json(config_path, 16 << 20) if config_path.is_file() else None)
+    converted = _load(Path(json_path))
+    ours, theirs = parse_model_proto(converted.proto).pieces, parse_model_proto(model_proto).pieces
     loose = {PieceType.CONTROL, PieceType.USER_DEFINED}
     out = []
     if len(ours) != len(theirs):
@@ -252,7 +264,7 @@ def differences(model_proto: bytes, json_path: str | os.PathLike, limit: int = 3
         extra = ", ".join(repr(p.text) for p in longer[min(len(ours), len(theirs)):][:limit])
         out.append(f"{TOKENIZER_JSON} has {len(ours):,} pieces, tokenizer.model {len(theirs):,} (only in {name}: {extra})")
     bad = [(i, a, b) for i, (a, b) in enumerate(zip(ours, theirs))
-           if a.text != b.text or (a.type != b.type and not ({a.type, b.type} <= loose and a.text in named))]
+           if a.text != b.text or (a.type != b.type and not ({a.type, b.type} <= loose and i in converted.guessed))]
     if bad:
         shown = "; ".join(f"id {i}: {a.text!r} ({a.type.name}) vs {b.text!r} ({b.type.name})" for i, a, b in bad[:limit])
         out.append(f"{len(bad):,} piece(s) differ ({TOKENIZER_JSON} vs tokenizer.model): {shown}")

@@ -393,6 +393,19 @@ def to_float32(dst: np.ndarray, src: np.ndarray) -> None:
         np.copyto(dst, src)
 
 
+def count_nonfinite(t: np.ndarray, block_bytes: int = 32 << 20) -> int:
+    """NaN/Inf values in a tensor (memory-mapped, any stored dtype), read a block of rows at a time."""
+    row_bytes = max(1, int(np.prod(t.shape[1:], dtype=np.int64)) * 4)
+    step = max(1, block_bytes // row_bytes)
+    bad = 0
+    for start in range(0, len(t), step):
+        src = t[start:start + step]
+        block = _chunk_buffer(src.size, "scan")[: src.size].reshape(src.shape)  # reused: no page faults
+        to_float32(block, src)
+        bad += int(block.size - np.count_nonzero(np.isfinite(block)))
+    return bad
+
+
 def _on_all_cores(job, n: int) -> None:
     """Run job(lo, hi) over [0, n) split in one contiguous part per worker thread."""
     bounds = np.linspace(0, n, N_THREADS + 1).astype(int)
@@ -586,15 +599,7 @@ class Weights:
         issues = []
         for rel in expected_shapes(self.cfg):
             info = self.infos[self.prefix + rel]
-            n_rows = info.shape[0]
-            row_bytes = max(1, int(np.prod(info.shape[1:], dtype=np.int64)) * 4)
-            step = max(1, block_bytes // row_bytes)
-            bad = 0
-            for start in range(0, n_rows, step):
-                src = self._slice(rel)[start:start + step]
-                block = _chunk_buffer(src.size, "scan")[: src.size].reshape(src.shape)  # reused: no page faults
-                to_float32(block, src)
-                bad += int(block.size - np.count_nonzero(np.isfinite(block)))
+            bad = count_nonfinite(self._slice(rel), block_bytes)
             if bad:
                 issues.append(WeightIssue("nonfinite", "error", f"tensor {info.name!r} holds {bad} NaN/Inf values",
                                           info.name, str(info.file)))

@@ -241,12 +241,11 @@ def golden(
     base: BaseOpt = None,
 ) -> None:
     """Compute golden logits for prompts and write them to a golden file."""
+    from gemma_ref.tokenizer import has_tokenizer
     from release.weights.golden import make_golden
     from release.weights.prompts import select_prompts
 
     specs = select_prompts(ids, prompts)
-    from gemma_ref.tokenizer import has_tokenizer
-
     if (any(p.ids is None for p in specs) and not has_tokenizer(model) and (model / "config.json").is_file()
             and base is None):
         what = "the built-in prompts are text" if prompts is None else "the prompts file holds text"

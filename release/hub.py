@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,15 +142,13 @@ def install_timeout(seconds: float | None = None) -> float:
     return seconds
 
 
-#: hf_xet's client settings (read from the environment when it starts a transfer) -> its defaults, for reference
+#: hf_xet's client settings, read from the environment when its client starts (defaults 60 s, 300 s, 360 s)
 XET_BOUNDS = ("HF_XET_CLIENT_CONNECT_TIMEOUT", "HF_XET_CLIENT_READ_TIMEOUT", "HF_XET_CLIENT_RETRY_MAX_DURATION")
-_xet_set_by_us: dict[str, str] = {}
+_xet_set_by_us: dict[str, str] = {}  # what install_timeout wrote, to tell it from a value the user set
 
 
 def _bound_xet(seconds: float) -> None:
     """hf_xet's connect / read timeouts and total retry time: ``seconds``, unless the user set them."""
-    import os
-
     for key in XET_BOUNDS:
         if key in os.environ and os.environ[key] != _xet_set_by_us.get(key):
             continue  # the user's own setting

@@ -30,7 +30,7 @@ import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from release.weights.backends import MULTIMODAL_CLASSES, TEXT_PATH_CLASSES
+from release.weights.backends import load_transformers_model
 from release.weights.golden import Golden, GoldenPrompt, write_golden
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -72,17 +72,7 @@ def prompts(seed: int) -> list[np.ndarray]:
 
 
 def load_base(name: str) -> torch.nn.Module:
-    path = MODELS / name
-    cfg = transformers.AutoConfig.from_pretrained(path)
-    extra = {}
-    if cfg.model_type in TEXT_PATH_CLASSES:  # as the golden backend runs it (Gemma 3n: the text model)
-        cls, extra = getattr(transformers, TEXT_PATH_CLASSES[cfg.model_type]), {"config": cfg.get_text_config()}
-    elif cfg.model_type in MULTIMODAL_CLASSES:
-        cls = getattr(transformers, MULTIMODAL_CLASSES[cfg.model_type])
-    else:
-        cls = transformers.AutoModelForCausalLM
-    model = cls.from_pretrained(path, dtype=torch.float32, attn_implementation="eager", **extra)
-    return model.eval()
+    return load_transformers_model(MODELS / name)  # as the golden backend loads it (Gemma 3n: the text model)
 
 
 def randomize(model: torch.nn.Module, seed: int) -> None:

@@ -43,12 +43,10 @@ def gemma_ref_logits(model_dir: Path, sequences: list[np.ndarray],
         return model.forward_many(sequences, progress), __version__
 
 
-def transformers_logits(model_dir: Path, sequences: list[np.ndarray],
-                        progress: Callable[[int, int], None] | None = None,
-                        adapter: Path | None = None) -> tuple[list[np.ndarray], str]:
-    """Logits from transformers (float32, eager attention), and 'transformers X (torch Y)'.
+def load_transformers_model(model_dir: Path):  # noqa: ANN201 - a torch module; torch is not imported here
+    """The release as transformers runs it: float32, eager attention (and eager experts), every weight found.
 
-    With `adapter`, a LoRA adapter directory on the base `model_dir`, run by peft's PeftModel.
+    Also what tests/make_adapters.py loads its bases with, so goldens and the backend read releases alike.
     """
     try:
         import torch
@@ -82,6 +80,20 @@ def transformers_logits(model_dir: Path, sequences: list[np.ndarray],
         raise InputError(f"transformers did not find {len(missing)} weight(s) it needs in {model_dir}, "
                          f"e.g. {', '.join(missing[:3])}; it would have used random values",
                          hint="check the checkpoint's tensor names (gemma-release inspect), or use --backend gemma_ref")
+    return model.eval()
+
+
+def transformers_logits(model_dir: Path, sequences: list[np.ndarray],
+                        progress: Callable[[int, int], None] | None = None,
+                        adapter: Path | None = None) -> tuple[list[np.ndarray], str]:
+    """Logits from transformers (float32, eager attention), and 'transformers X (torch Y)'.
+
+    With `adapter`, a LoRA adapter directory on the base `model_dir`, run by peft's PeftModel.
+    """
+    model = load_transformers_model(model_dir)  # exit 2 with what to install when torch / transformers are missing
+    import torch
+    import transformers
+
     peft_version = ""
     if adapter is not None:
         try:

@@ -332,17 +332,19 @@ def verify_model(
 
 def tokenizer_file_findings(model_dir: Path) -> list[Finding]:
     """TOKENS002 when a model directory ships both tokenizer files and they are not the same tokenizer."""
+    from gemma_ref.tokenizer import TOKENIZER_FILE, read_model_proto
     from gemma_ref.tokenizer_json import TOKENIZER_JSON, differences
 
-    model_file, json_file = model_dir / "tokenizer.model", model_dir / TOKENIZER_JSON
+    model_file, json_file = model_dir / TOKENIZER_FILE, model_dir / TOKENIZER_JSON
     if not (model_file.is_file() and json_file.is_file()):
         return []
+    model_proto = read_model_proto(model_file)  # bounded; the one the checks above already read
     try:
-        found = differences(model_file.read_bytes(), json_file)
+        found = differences(model_proto, json_file)
     except InputError as e:  # a broken tokenizer.json next to a good tokenizer.model: transformers users get it
         found = [f"{TOKENIZER_JSON} cannot be read as Gemma's tokenizer: {e.message}"]
-    except (OSError, ValueError) as e:
-        found = [f"tokenizer.model cannot be read: {e}"]
+    except ValueError as e:  # parse_model_proto: a tokenizer.model the wire format rejects
+        found = [f"{TOKENIZER_FILE} cannot be read: {e}"]
     return [Finding("TOKENS002", "warning", f"{d}; transformers reads {TOKENIZER_JSON}, sentencepiece and llama.cpp's "
                                            "converter read tokenizer.model", path=str(json_file)) for d in found]
 
