@@ -16,6 +16,7 @@ Ids are stable (tests, docs/architecture.md and ``gemma-release diagnose`` use t
 from __future__ import annotations
 
 import contextlib
+import math
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -83,9 +84,17 @@ def _norm_gain(extra: float) -> Callable[[Callable], Callable]:
     return lambda orig: (lambda x, w, eps: x * _inv_rms(x, eps) * (f32(extra) + w))
 
 
-def _gelu_exact(orig: Callable) -> Callable:
-    from scipy.special import erf
+# math.erf, vectorised: correctly rounded in float64 by the C library, so rounding to float32 matches torch's
+# erf; NumPy has no erf of its own, and a rational approximation would be one more thing to get wrong here.
+_erf = np.frompyfunc(math.erf, 1, 1)
 
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """Error function, element-wise, in float64."""
+    return _erf(np.asarray(x, dtype=np.float64)).astype(np.float64)
+
+
+def _gelu_exact(orig: Callable) -> Callable:
     return lambda x: (f32(0.5) * x * (f32(1.0) + erf(x / f32(np.sqrt(2.0))).astype(f32))).astype(f32)
 
 

@@ -28,6 +28,7 @@ import yaml
 from conftest import GOLDENS, MODELS
 from hubserver import HubServer
 from release_fixture import CARD, NOTICE, hub_env, make_release, run_cli
+from venvs import overlay_venv
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -146,16 +147,15 @@ def _run_action(inputs: dict[str, str], workspace: Path, env: dict[str, str], in
 
 @pytest.fixture(scope="module")
 def action_venv(tmp_path_factory):
-    """A scratch venv seeing the installed dependencies, where the action's install step puts gemma-release."""
-    venv = tmp_path_factory.mktemp("action") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True, timeout=120)
-    return venv
+    """A scratch venv seeing the test environment's packages (never the base interpreter's), where the action's
+    install step puts gemma-release."""
+    return overlay_venv(tmp_path_factory.mktemp("action") / "venv")
 
 
 def _action_env(venv: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "GITHUB_", "PIP_"))}
-    # Offline: pip finds the dependencies already installed (system site packages) and builds with
-    # the installed setuptools; nothing is fetched. The venv's bin comes first, as setup-python's would.
+    # Offline: pip finds the dependencies already installed (the test environment, seen through the overlay)
+    # and builds with its setuptools; nothing is fetched. The venv's bin comes first, as setup-python's would.
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", PIP_NO_INDEX="1", PIP_NO_BUILD_ISOLATION="0",
                PIP_DISABLE_PIP_VERSION_CHECK="1", HF_HUB_OFFLINE="1", NO_COLOR="1")
     return env

@@ -10,18 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from venvs import build_wheel
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def wheel_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("wheel")
-    build = tmp_path_factory.mktemp("build")
-    env = {**os.environ, "PIP_NO_INDEX": "1"}  # offline: build with the setuptools already installed
-    p = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
-                        "-w", str(out)], capture_output=True, text=True, env=env, cwd=build, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    (whl,) = out.glob("gemma_release-*.whl")
+    whl = build_wheel(tmp_path_factory.mktemp("wheel"))  # offline, with the test environment's setuptools
     site = tmp_path_factory.mktemp("site")
     with zipfile.ZipFile(whl) as z:
         names = z.namelist()

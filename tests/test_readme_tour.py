@@ -39,7 +39,7 @@ NOT_RUN = {
 }
 # Rewrites applied before running, each with its reason.
 REWRITES = {
-    "pip install -e . && ": "the package is installed already (an offline `pip install -e .` cannot fetch its build backend)",
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && ": "the package is installed already (an offline `pip install -e .` cannot fetch its build backend)",
 }
 __doc__ += "".join(f"\n* ``{k}``: {v}" for k, v in {**NOT_RUN, **REWRITES}.items())
 
