@@ -22,7 +22,8 @@ target_modules             a list: a module's name or a ``.suffix`` of it; a str
 DoRA (``use_dora``)        ``y = (m / ||W + scale B A||_row) * (W x + scale B A x)``, the row norm from the weights
 ``modules_to_save``        ``embed_tokens``: the trained table feeds the input; the output head stays the
                            base's tied matrix unless ``ensure_weight_tying`` (then the trained one) or a saved
-                           ``lm_head`` (then that)
+                           ``lm_head`` (then that). With ``ensure_weight_tying`` PEFT also saves the tied head as
+                           ``lm_head.weight``, a copy of ``embed_tokens``: accepted when equal bit for bit
 ``fan_in_fan_out``         meaningless for ``nn.Linear``: PEFT resets it to False with a warning, and so here
 vision / audio towers      targets there (generic names like ``q_proj`` match them too) are skipped: the
                            text forward never runs them
@@ -298,6 +299,7 @@ class Adapter:
     embed_tokens: np.ndarray | None = None  # [V, D] trained input table (modules_to_save), stored dtype
     lm_head: np.ndarray | None = None  # [V, D] trained output head, stored dtype
     saved_names: dict[str, str] = field(default_factory=dict)  # "embed_tokens" / "lm_head" -> its tensor's name
+    tied_head: str | None = None  # name of a saved lm_head that is the trained embed_tokens' tied copy
     skipped: list[str] = field(default_factory=list)  # adapted modules of other towers
     n_params: int = 0  # trainable parameters saved (LoRA + modules_to_save)
 
@@ -306,7 +308,7 @@ class Adapter:
         """The output head's matrix when the adapter changes it (PEFT's rules; see the module docstring)."""
         if self.lm_head is not None:
             return self.lm_head
-        if self.embed_tokens is not None and self.config.ensure_weight_tying:
+        if self.embed_tokens is not None and (self.config.ensure_weight_tying or self.tied_head):
             return self.embed_tokens
         return None
 
@@ -470,17 +472,25 @@ def load_adapter(adapter_dir: str | os.PathLike, base: Weights) -> Adapter:
 
     adapter = Adapter(adapter_dir, cfg, loras, names, skipped=skipped)
     table_shape = shapes["embed_tokens.weight"]
+    tied_copy = None  # an lm_head saved beside a trained embed_tokens without being listed: its tied copy?
     for module, name in saved.items():
         kind = module.rsplit(".", 1)[-1]
-        if not any(module == s or module.endswith("." + s) for s in cfg.modules_to_save):
-            raise InputError(f"extra tensor {name!r}: {kind} is not in modules_to_save {cfg.modules_to_save}", file)
         t = tensor(name)
         if t.shape != table_shape:
             raise InputError(f"saved {kind} is {list(t.shape)}, the base's is {list(table_shape)}", file,
                              hint="an adapter made for another base model")
+        if not any(module == s or module.endswith("." + s) for s in cfg.modules_to_save):
+            if kind == "lm_head" and any(s.rsplit(".", 1)[-1] == "embed_tokens" for s in cfg.modules_to_save):
+                tied_copy = (name, t)  # PEFT's ensure_weight_tying save: checked against embed_tokens below
+                continue
+            raise InputError(f"extra tensor {name!r}: {kind} is not in modules_to_save {cfg.modules_to_save}", file)
         setattr(adapter, kind, t)
         adapter.saved_names[kind] = name
         adapter.n_params += t.size
+    if tied_copy is not None and adapter.embed_tokens is not None:
+        name, head = tied_copy
+        _check_tied_copy(head, adapter.embed_tokens, name, adapter.saved_names["embed_tokens"], file)
+        adapter.tied_head = name
     for s in cfg.modules_to_save:
         kind = s.rsplit(".", 1)[-1]
         if kind not in ("embed_tokens", "lm_head"):
@@ -490,6 +500,30 @@ def load_adapter(adapter_dir: str | os.PathLike, base: Weights) -> Adapter:
                              hint="the trained module was not saved: its training is lost")
     adapter.n_params += n_params
     return adapter
+
+
+def _check_tied_copy(head: np.ndarray, table: np.ndarray, head_name: str, table_name: str, file: Path,
+                     block_rows: int = 4096) -> None:
+    """A saved lm_head must equal the trained embed_tokens it is tied to, bit for bit (same values when the
+    dtypes differ); else the output head is not the table the config ties it to, and nothing tells which is right."""
+    for start in range(0, len(table), block_rows):
+        a = np.asarray(head[start:start + block_rows])
+        b = np.asarray(table[start:start + block_rows])
+        same = (np.array_equal(a.view(np.uint8), b.view(np.uint8)) if a.dtype == b.dtype else
+                np.array_equal(a.astype(f32), b.astype(f32), equal_nan=True))
+        if same:
+            continue
+        a32, b32 = a.astype(f32), b.astype(f32)
+        differs = ~((a32 == b32) | (np.isnan(a32) & np.isnan(b32)))  # [rows, D]
+        rows = np.flatnonzero(differs.any(axis=1))
+        row = start + int(rows[0]) if len(rows) else start  # same values, other bits (-0.0, NaN payloads)
+        with np.errstate(invalid="ignore"):
+            delta = float(np.nanmax(np.abs(a32 - b32), initial=0.0))
+        raise InputError(f"{head_name!r} is saved beside a trained embed_tokens ({table_name!r}) but differs from it "
+                         f"(first at row {row}, max |Δ| {delta:.3g}); modules_to_save lists only "
+                         f"embed_tokens, so the output head should be its tied copy", file,
+                         hint="save the adapter again with ensure_weight_tying=True, or list lm_head in modules_to_save "
+                              "if the head was trained on its own")
 
 
 # --- the base's weights, adapted ------------------------------------------------------------------------

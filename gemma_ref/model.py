@@ -677,7 +677,7 @@ class Model:
         self, sequences: Sequence[Sequence[int] | np.ndarray], progress: Callable[[int, int], None] | None = None
     ) -> list[np.ndarray]:
         """Logits for several independent sequences, reading each layer's weights once for all."""
-        ids = [validate_ids(s, self.config.vocab_size) for s in sequences]
+        ids = [validate_ids(s, self.config.vocab_size, self.config.max_position_embeddings) for s in sequences]
         return forward(self.weights, self.config, ids, progress)
 
     def close(self) -> None:
@@ -690,8 +690,20 @@ class Model:
         self.close()
 
 
-def validate_ids(token_ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:
-    """A 1-D int64 array of ids in [0, vocab_size), or an InputError saying what is wrong."""
+class ContextLengthWarning(UserWarning):
+    """A sequence longer than the model's context (max_position_embeddings): run, but its tail was never trained."""
+
+
+def validate_ids(token_ids: Sequence[int] | np.ndarray, vocab_size: int, context: int | None = None) -> np.ndarray:
+    """A 1-D int64 array of ids in [0, vocab_size), or an InputError saying what is wrong.
+
+    `context` (the config's max_position_embeddings): a longer sequence is run, with a ContextLengthWarning.
+    """
+    if not isinstance(token_ids, np.ndarray):  # Python ints are unbounded; NumPy would make a huge one a float
+        for pos, v in enumerate(token_ids):
+            if isinstance(v, int) and not -2**63 <= v < 2**63:
+                raise InputError(f"token id {v} at position {pos} does not fit a 64-bit integer; "
+                                 f"the vocabulary is [0, {vocab_size})")
     try:
         ids = np.asarray(token_ids)
     except (TypeError, ValueError) as e:
@@ -700,8 +712,14 @@ def validate_ids(token_ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.n
         raise InputError(f"token ids must be a 1-D sequence, got shape {list(ids.shape)}")
     if ids.size == 0:
         raise InputError("token ids are empty; give at least one token (usually BOS = 2)")
+    if context is not None and len(ids) > context:
+        import warnings
+
+        warnings.warn(f"a prompt of {len(ids)} tokens is longer than the model's context (max_position_embeddings "
+                      f"{context}): positions past it were never trained, so their logits say little about the weights",
+                      ContextLengthWarning, stacklevel=2)
     if ids.dtype.kind not in "iu":
-        if ids.dtype.kind == "f" and np.all(ids == np.round(ids)):
+        if ids.dtype.kind == "f" and np.all(ids == np.round(ids)) and np.all(np.abs(ids) < 2**63):
             ids = ids.astype(np.int64)
         else:
             raise InputError(f"token ids must be integers, got dtype {ids.dtype}")

@@ -10,6 +10,7 @@ Exit codes everywhere: 0 ok, 1 a check failed, 2 bad input or usage, or the Hub/
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -135,8 +136,39 @@ def _classic_help_types() -> None:
     core.TyperOption._gemma_release_types = True  # noqa: SLF001 - idempotence marker
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings' signature
+    """A warning as one line for the user: no source file:line of ours or NumPy's, each text once.
+
+    NumPy's floating-point warnings (``invalid value encountered in multiply``) mean the computation met
+    NaN/Inf, nearly always from the weights or the inputs: said so, with where to look. ``--debug`` keeps
+    Python's own format (file:line and the source line).
+    """
+    if _state["debug"]:
+        return _python_showwarning(message, category, filename, lineno, file, line)
+    text = printable(str(message))
+    if text in _warned:
+        return None
+    _warned.add(text)
+    if category is RuntimeWarning and "encountered in" in text:
+        text = (f"the computation met NaN/Inf ({text}): the weights or inputs hold non-finite values "
+                "(verify's NaN/Inf scan names the tensors; --no-scan skips it)")
+    err.print(f"[yellow]warning:[/] {escape(text)}")
+    return None
+
+
+_python_showwarning = warnings.showwarning
+_warned: set[str] = set()
+
+
 def main() -> None:
     """Console-script entry point: 0 ok, 1 a check failed, 2 bad input/usage or the Hub failed, 3 a bug of ours."""
+    with warnings.catch_warnings():  # the user's warning filters stay; only how a warning is shown changes
+        warnings.showwarning = _show_warning
+        _warned.clear()
+        _main()
+
+
+def _main() -> None:
     from release.hub import HubError
 
     _classic_help_types()

@@ -55,6 +55,29 @@ def atomic_write(path: str | os.PathLike, text: str, what: str | None = None) ->
         fh.write(text)
 
 
+def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None,
+                      what: str | None = None) -> None:
+    """Write a safetensors file atomically (see :func:`atomic_path`).
+
+    safetensors reports a failed write (a full disk, an I/O error, a file-size limit) as its own
+    ``SafetensorError`` with the OS error inside its text, not as ``OSError``; it becomes the same
+    "cannot write" error any other write gives, naming the file.
+    """
+    import re
+
+    from safetensors import SafetensorError
+    from safetensors.numpy import save_file
+
+    with atomic_path(path, what) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as e:
+            io = re.search(r"(?:I/O error|IoError)\W*(.+)", str(e))  # "... I/O error: No space left on device (os error 28)"
+            if io is None:
+                raise  # not the disk: a bug in what we asked it to write
+            raise OSError(io.group(1).strip()) from None
+
+
 def require_regular(path: str | os.PathLike, what: str = "file") -> os.stat_result:
     """``stat`` of `path` when it is a regular file (symlinks followed); InputError naming it otherwise.
 

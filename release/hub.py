@@ -223,34 +223,51 @@ def same_content(local: LocalFile, remote: RemoteFile | None) -> bool:
 # --- errors -----------------------------------------------------------------------------------
 
 
+_WRITES = ("creating", "uploading", "tagging")  # actions that need a token with write access
+
+
 @contextlib.contextmanager
-def translate_errors(action: str, repo_id: str, token: str | None = None) -> Iterator[None]:
-    """Turn huggingface_hub/httpx errors into InputError (credentials, missing repo) or HubError."""
+def translate_errors(action: str, repo_id: str, token: str | None = None, revision: str | None = None) -> Iterator[None]:
+    """Turn huggingface_hub/httpx errors into InputError (credentials, missing repo or revision) or HubError.
+
+    Each message names what failed: the revision when it is the revision that is missing, and for a refused
+    token what the action needed (reading a private or gated repo is not a question of write access).
+    """
     from huggingface_hub import errors as hf_errors
 
+    where = f"{repo_id}@{revision}" if revision else repo_id
     try:
         yield
     except InputError:
         raise
-    except (hf_errors.RevisionNotFoundError, hf_errors.RepositoryNotFoundError) as e:
-        kind = "revision" if isinstance(e, hf_errors.RevisionNotFoundError) else "repository"
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        hint = "check the name, and that your token can read it" if status in (401, 403) or kind == "repository" else None
-        raise InputError(f"{action}: {kind} not found on the Hub ({repo_id})", hint=hint) from None
+    except hf_errors.GatedRepoError:  # a RepositoryNotFoundError too: checked first
+        raise InputError(f"{action}: {repo_id} is gated and this token has not been granted access",
+                         hint="accept the repository's conditions on the Hub with the account of your token "
+                              "(HF_TOKEN or `hf auth login`), then run again") from None
+    except hf_errors.RevisionNotFoundError:
+        rev = f"revision {revision!r}" if revision else "the revision"
+        raise InputError(f"{action}: {rev} not found in {repo_id} on the Hub",
+                         hint="check the branch, tag or commit name (ORG/NAME@REVISION)") from None
+    except hf_errors.RepositoryNotFoundError:
+        raise InputError(f"{action}: repository not found on the Hub ({repo_id})",
+                         hint="check the name; a private repository needs a token that can read it (HF_TOKEN)") from None
     except hf_errors.HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
         first = scrub(str(e), token).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if status in (401, 403):
-            raise InputError(
-                f"{action}: the Hub refused the credentials for {repo_id} (HTTP {status})",
-                hint="set HF_TOKEN (or run `hf auth login`) with a token that has write access; nothing was uploaded",
-            ) from None
-        raise HubError(f"{action} failed for {repo_id}: {first}") from None
+            if action.startswith(_WRITES):
+                raise InputError(f"{action}: the Hub refused the credentials for {where} (HTTP {status})",
+                                 hint=f"set HF_TOKEN (or run `hf auth login`) with a token that has write access to "
+                                      f"{repo_id}; nothing was uploaded") from None
+            raise InputError(f"{action}: the Hub refused to let this token read {where} (HTTP {status}): the token is "
+                             "invalid, or the repository is private or gated and the token's account has no access",
+                             hint=f"set HF_TOKEN (or run `hf auth login`) with a token that can read {repo_id}") from None
+        raise HubError(f"{action} failed for {where}: {first}") from None
     except (OSError, RuntimeError, ValueError) as e:
         # httpx network errors are OSError-like; huggingface_hub wraps LFS failures in RuntimeError.
-        raise HubError(f"{action} failed for {repo_id}: {_network_detail(e, token)}") from None
+        raise HubError(f"{action} failed for {where}: {_network_detail(e, token)}") from None
     except Exception as e:  # noqa: BLE001 - e.g. httpx.HTTPError, which is not an OSError
-        raise HubError(f"{action} failed for {repo_id}: {_network_detail(e, token)}") from None
+        raise HubError(f"{action} failed for {where}: {_network_detail(e, token)}") from None
 
 
 def _network_detail(e: BaseException, token: str | None) -> str:
@@ -319,7 +336,7 @@ def remote_files(repo_id: str, revision: str, token: str | None = None) -> dict[
     from huggingface_hub.hf_api import RepoFile
 
     api = _api(token)
-    with translate_errors("listing files", repo_id, token):
+    with translate_errors("listing files", repo_id, token, revision):
         try:
             entries = list(api.list_repo_tree(repo_id, revision=revision, recursive=True))
         except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError):
@@ -387,7 +404,7 @@ def upload_release(
             api.update_repo_settings(repo_id, gated=gated)
         if revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-    with translate_errors("reading the repository", repo_id, token):
+    with translate_errors("reading the repository", repo_id, token, revision):
         head = api.repo_info(repo_id, revision=revision).sha
     remote = remote_files(repo_id, revision, token) or {}
     changed = [f for f in files if not same_content(f, remote.get(f.path_in_repo))]
@@ -521,7 +538,7 @@ def fetch_published(repo_id: str, revision: str | None, dest: Path, token: str |
 
     rev = revision or "main"
     api = _api(token)
-    with translate_errors("reading the repository", repo_id, token):
+    with translate_errors("reading the repository", repo_id, token, rev):
         try:
             commit = api.repo_info(repo_id, revision=rev).sha
         except hf_errors.RevisionNotFoundError:
@@ -533,7 +550,7 @@ def fetch_published(repo_id: str, revision: str | None, dest: Path, token: str |
     say(f"listed {repo_id}@{rev} ({commit[:12]}): {len(files)} files")
     wanted = small_text_files(files)
     dest.mkdir(parents=True, exist_ok=True)
-    with translate_errors("downloading the card and licence files", repo_id, token):
+    with translate_errors("downloading the card and licence files", repo_id, token, rev):
         for name in wanted:
             hf_hub_download(repo_id, name, revision=commit, token=token, local_dir=dest)
     say(f"downloaded {len(wanted)} small text files: {', '.join(wanted) or 'none'}")
@@ -545,7 +562,7 @@ def download_for_verify(repo_id: str, revision: str | None = None, token: str | 
     from huggingface_hub import snapshot_download
 
     install_timeout()
-    with translate_errors("downloading for verify", repo_id, token):
+    with translate_errors("downloading for verify", repo_id, token, revision):
         path = snapshot_download(repo_id, revision=revision, allow_patterns=list(VERIFY_PATTERNS), token=token)
     p = Path(path)
     if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():

@@ -18,7 +18,7 @@ Storage origin (``server.storage_url``, another port, like S3/CDN)
     ``PUT /upload/{oid}`` (LFS basic upload), ``GET /lfs/{oid}`` (download).
 
 Test switches: ``token`` (the only accepted bearer token), ``fail`` (inject
-failures: ``{"lfs_upload": (after_n_ok, status), "commit": (0, status)}``),
+failures: ``{"lfs_upload": (after_n_ok, status), "commit": (0, status), "resolve": (0, status)}``),
 ``corrupt_after_commit`` (path whose content the server silently alters right
 after the next commit, to exercise post-upload validation), ``storage_saw_auth``
 (set when an Authorization header reaches the storage origin).
@@ -545,6 +545,9 @@ class ApiHandler(_Base):
 
     def resolve_file(self, repo_id: str, rev: str, path: str) -> None:
         repo = self.readable_repo(repo_id)
+        status = self.state.should_fail("resolve")
+        if status is not None:
+            raise HttpError(status, "injected download failure")
         c = self.state.resolve(repo, rev)
         e = c.files.get(path)
         if e is None:

@@ -374,3 +374,36 @@ def test_golden_transformers_backend_runs_adapters_with_peft(cli, tmp_path):
     mine = read_golden(out)
     assert "peft" in mine.producer_version
     assert np.abs(mine.prompts[0].logits - gold.prompts[0].logits).max() <= 1e-5
+
+
+# --- PEFT's ensure_weight_tying save: lm_head.weight beside embed_tokens --------------------------------------
+
+TIED_HEAD = "base_model.model.lm_head.weight"
+
+
+def _embed_name(t: dict) -> str:
+    return next(k for k in t if k.endswith("embed_tokens.weight"))
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_tied_lm_head_copy_is_accepted(tmp_path, flag):
+    """modules_to_save [embed_tokens] + ensure_weight_tying: PEFT saves an identical lm_head too (was exit 2)."""
+    plain = copy_adapter("gemma2_modules_to_save", tmp_path / "plain", edit=lambda c: c.update(ensure_weight_tying=True))
+    tied = copy_adapter("gemma2_modules_to_save", tmp_path / "tied", edit=lambda c: c.update(ensure_weight_tying=flag),
+                        tensors=lambda t: t.update({TIED_HEAD: t[_embed_name(t)].copy()}))
+    ids = [2, 17, 300, 41, 9]
+    with load_model(plain) as a, load_model(tied) as b:
+        assert b.adapter.tied_head == TIED_HEAD and b.adapter.lm_head is None
+        assert np.array_equal(a.forward(ids), b.forward(ids))  # the head is the trained table, as PEFT ties it
+
+
+def test_tied_lm_head_that_differs_is_refused_naming_the_row(cli, tmp_path):
+    def damage(t):
+        head = t[_embed_name(t)].copy()
+        head[123, 4] += 0.5
+        t[TIED_HEAD] = head
+
+    d = copy_adapter("gemma2_modules_to_save", tmp_path, edit=lambda c: c.update(ensure_weight_tying=True), tensors=damage)
+    r = cli("verify", d, "-g", ADAPTERS / "goldens" / "gemma2_modules_to_save.safetensors")
+    assert r.code == 2, r.out
+    assert "lm_head" in r.err and "differs" in r.err and "row 123" in r.err and "adapter_model.safetensors" in r.err

@@ -11,7 +11,7 @@ from safetensors.numpy import load_file, save_file
 
 from gemma_ref import InputError, load_model
 from release.weights.golden import Golden, make_prompt, write_golden
-from tests.conftest import GOLDENS
+from tests.conftest import GOLDENS, MODELS
 
 CASE = "gemma2_gqa_softcap"
 GOLDEN = GOLDENS / f"{CASE}.safetensors"
@@ -166,3 +166,93 @@ def test_debug_shows_traceback(cli, model_copy):
     r = cli("--debug", "verify", d, "--golden", GOLDEN)
     assert r.code == 2  # --debug adds the traceback and keeps the exit code
     assert "Traceback" in r.err and "InputError" in r.err and str(d) in r.err
+
+
+# --- a disk that refuses the write ------------------------------------------------------------------------
+
+def _tmpfs(path) -> bool:
+    """A 16 KiB tmpfs at `path` (root only): a real 'No space left on device'."""
+    import subprocess
+
+    path.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(path)], capture_output=True, timeout=30)
+    return p.returncode == 0
+
+
+def _file_size_limit(limit: int):
+    """For a child process: files may not grow past `limit` bytes (EFBIG instead of the default SIGXFSZ kill)."""
+    import resource
+    import signal
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.parametrize("how", ["full disk", "file size limit"])
+@pytest.mark.parametrize("command", ["golden", "trace"])
+def test_a_write_the_disk_refuses_is_bad_input_naming_the_file(tmp_path, how, command):
+    """safetensors reports a failed write as SafetensorError: exit 2 naming the file, nothing left behind (was exit 3)."""
+    import subprocess
+    import sys
+
+    out_dir, preexec = tmp_path / "out", None
+    if how == "full disk":
+        if not _tmpfs(out_dir):
+            pytest.skip("cannot mount a tmpfs here (not root)")
+    else:
+        out_dir.mkdir()
+        preexec = _file_size_limit(4096)
+    target = out_dir / f"x.{command}"
+    ids = ",".join(["2"] + [str(5 + i % 400) for i in range(200)])  # logits of 201 positions: ~400 KB, over both limits
+    args = ["golden", MODELS / CASE, "-o", target, "--ids", ids] if command == "golden" else [
+        "trace", MODELS / CASE, "--ids", ids, "-o", target, "--detail"]
+    code = "import sys; from release.cli import main; sys.argv[0] = 'gemma-release'; main()"
+    try:
+        p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300,
+                           preexec_fn=preexec)
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert str(target) in p.stderr and "cannot write" in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert ("No space left" if how == "full disk" else "File too large") in p.stderr
+        assert list(out_dir.iterdir()) == []  # no golden, no temporary file
+    finally:
+        if how == "full disk":
+            subprocess.run(["umount", str(out_dir)], timeout=30)
+
+
+def test_nan_weights_reach_the_user_as_one_warning_line_not_numpys(cli, model_copy):
+    """--no-scan runs the forward on NaN/Inf weights: NumPy's RuntimeWarning (file:line, source line) is not shown."""
+    d = model_copy(CASE)
+    t = load_file(str(d / "model.safetensors"))
+    name = next(k for k in t if "layers.0.mlp.up_proj" in k)
+    w = t[name].astype(np.float32)
+    w[0, 0], w[1, 1] = np.nan, np.inf
+    t[name] = w.astype(t[name].dtype)
+    save_file(t, str(d / "model.safetensors"))
+    r = cli("verify", d, "--golden", GOLDEN, "--no-scan")
+    assert r.code == 1  # a failed check, not bad input and not a bug
+    assert "RuntimeWarning" not in r.err and ".py:" not in r.err and "Traceback" not in r.err, r.err
+    assert r.err.count("the computation met NaN/Inf") == 1, r.err
+    r = cli("verify", d, "--golden", GOLDEN)  # with the scan: the tensor is named and no forward runs
+    assert r.code == 1 and name in r.out and "NaN/Inf" in r.out and "RuntimeWarning" not in r.err
+
+
+@pytest.mark.parametrize("big", ["99999999999999999999999", "9223372036854775808", "-9223372036854775809"])
+def test_an_id_past_int64_is_named(cli, tmp_path, big):
+    r = cli("golden", MODELS / CASE, "-o", tmp_path / "g.golden", "--ids", f"2,17,{big},5")
+    assert_bad_input(r, big, "position 2", "64-bit")
+    assert "dtype object" not in r.err and not (tmp_path / "g.golden").exists()
+
+
+def test_a_prompt_longer_than_the_context_is_warned_naming_both_numbers(cli, tmp_path):
+    context = json.loads((MODELS / CASE / "config.json").read_text())["max_position_embeddings"]
+    n = context + 6
+    ids = ",".join(["2"] + ["17"] * (n - 1))
+    r = cli("golden", MODELS / CASE, "-o", tmp_path / "g.golden", "--ids", ids)
+    assert r.code == 0, r.err
+    assert f"{n} tokens" in r.err and f"max_position_embeddings {context}" in r.err, r.err
+    r = cli("verify", MODELS / CASE, "-g", tmp_path / "g.golden")
+    assert r.code == 0 and f"{n} tokens" in r.err and "PASS" in r.out
+    r = cli("golden", MODELS / CASE, "-o", tmp_path / "h.golden", "--ids", ",".join(["2"] * context))  # exactly the context
+    assert r.code == 0 and "max_position_embeddings" not in r.err

@@ -290,3 +290,41 @@ def test_publish_verifies_a_real_model_then_verify_repo_from_the_hub(hub, env, t
     assert _head(hub, "org/g2") == before
     r = run_cli(["verify", "--repo", "org/nope", "--golden", str(rel / "golden.safetensors")], env, tmp_path)
     assert r.returncode in (1, 2) and "Traceback" not in r.stderr
+
+
+# --- Hub errors name what failed -------------------------------------------------------------------------
+
+
+def _published_tiny(hub, env, tmp_path, repo: str) -> Path:
+    rel = make_release(tmp_path / repo.split("/")[1], repo)
+    r = run_cli(["publish", str(rel)], env, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return rel
+
+
+def test_a_missing_revision_is_named(hub, env, tmp_path):
+    _published_tiny(hub, env, tmp_path, "org/revs")
+    for cmd in (["verify", "--repo", "org/revs@no-such-branch", "--golden", str(tmp_path / "x.golden")],
+                ["card", "check", "--repo", "org/revs@no-such-branch"]):
+        r = run_cli(cmd, env, tmp_path)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "'no-such-branch'" in r.stderr and "not found" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_refused_download_is_about_reading_not_write_access(hub, env, tmp_path):
+    _published_tiny(hub, env, tmp_path, "org/denied")
+    hub.state.fail["resolve"] = (0, 401)
+    try:
+        for cmd in (["verify", "--repo", "org/denied", "--golden", str(tmp_path / "x.golden")],
+                    ["card", "check", "--repo", "org/denied"]):
+            r = run_cli(cmd, env, tmp_path)
+            assert r.returncode == 2, r.stdout + r.stderr
+            assert "HTTP 401" in r.stderr and "read" in r.stderr and "org/denied" in r.stderr, r.stderr
+            assert "write access" not in r.stderr and "nothing was uploaded" not in r.stderr, r.stderr
+            assert TOKEN not in r.stderr
+    finally:
+        hub.state.fail.pop("resolve", None)
+    env_bad = {**env, "HF_TOKEN": "hf_WRONGtoken0123456789abcdefghij"}  # a refused write still says what it needs
+    rel = make_release(tmp_path / "w", "org/denied-write")
+    r = run_cli(["publish", str(rel)], env_bad, tmp_path)
+    assert r.returncode == 2 and "write access" in r.stderr and "hf_WRONG" not in r.stderr, r.stderr

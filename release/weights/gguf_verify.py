@@ -161,7 +161,7 @@ def verify_gguf(
     variant = GGUFWeights(gguf_path, cfg, norm_plus_one)  # structure problems: InputError, exit 2
     try:
         specs = resolve_prompts(prompts, model_dir)
-        sequences = [validate_ids(p.ids, cfg.vocab_size) for p in specs]
+        sequences = [validate_ids(p.ids, cfg.vocab_size, cfg.max_position_embeddings) for p in specs]
         info = variant.describe()
         tol = gguf_tolerance(info["quant"], max_mean_kl, min_top1, max_kl)
         report = VerifyReport(model=str(gguf_path), golden=str(model_dir), golden_producer="gemma_ref on the original",

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from release.errors import InputError
-from release.files import atomic_path, require_regular
+from release.files import require_regular, write_safetensors
 from release.resources import load_schema
 from release.weights.prompts import PromptSpec, parse_ids, tokenize_prompt_specs  # noqa: F401  (parse_ids re-exported)
 
@@ -109,8 +109,6 @@ def logsumexp(x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
 
 def write_golden(golden: Golden, path: str | os.PathLike) -> Path:
     """Write atomically (temp file + rename), so a failure never leaves half a golden file."""
-    from safetensors.numpy import save_file
-
     path = Path(path)
     tensors: dict[str, np.ndarray] = {}
     prompts_meta = []
@@ -147,8 +145,7 @@ def write_golden(golden: Golden, path: str | os.PathLike) -> Path:
         meta["revision"] = golden.revision
     if golden.model_type:
         meta["model_type"] = golden.model_type
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    write_safetensors(path, tensors, meta)
     return path
 
 
@@ -293,7 +290,7 @@ def make_golden(model_dir: str | os.PathLike, out: str | os.PathLike, prompts: l
 
     specs = resolve_prompt_ids(prompts, model_dir if base_dir is None or has_tokenizer(model_dir)
                                else base_dir)  # an adapter without its own tokenizer uses its base's
-    sequences = [validate_ids(p.ids, cfg.vocab_size) for p in specs]
+    sequences = [validate_ids(p.ids, cfg.vocab_size, cfg.max_position_embeddings) for p in specs]
     if storage is None:
         storage = auto_storage(sum(len(s) for s in sequences), cfg.vocab_size)
     logits, version = compute_logits(backend, model_dir, sequences, progress, base_dir)

@@ -118,7 +118,7 @@ def trace(model_dir: str | os.PathLike, ids: Sequence[int] | np.ndarray, detail:
 
     with load_model(model_dir) as model:
         cfg = model.config
-        ids = M.validate_ids(ids, cfg.vocab_size)
+        ids = M.validate_ids(ids, cfg.vocab_size, cfg.max_position_embeddings)
         rec = _Recorder(detail)
         with B.switched(list(bug_ids), cfg) as c, patched(rec.wraps()):
             M.forward(model.weights, c, [ids])
@@ -132,14 +132,11 @@ def trace(model_dir: str | os.PathLike, ids: Sequence[int] | np.ndarray, detail:
 
 
 def write_trace(tensors: dict[str, np.ndarray], path: str | os.PathLike, meta: dict[str, str]) -> Path:
-    from safetensors.numpy import save_file
-
-    from release.files import atomic_path
+    from release.files import write_safetensors
 
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
-                  metadata={"format": FORMAT, **{k: str(v) for k, v in meta.items()}})
+    write_safetensors(path, {k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                      {"format": FORMAT, **{k: str(v) for k, v in meta.items()}})
     return path
 
 

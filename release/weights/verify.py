@@ -306,7 +306,7 @@ def verify_model(
                 return report  # logits of non-finite weights say nothing more
 
         token_checks = _token_checks(golden, model_dir)
-        sequences = [validate_ids(p.ids, cfg.vocab_size) for p in golden.prompts]
+        sequences = [validate_ids(p.ids, cfg.vocab_size, cfg.max_position_embeddings) for p in golden.prompts]
         step = (lambda i, n: progress("forward", i, n)) if progress else None
         if sum(len(s) for s in sequences) * cfg.vocab_size * 4 <= LOGITS_IN_MEMORY:
             results = [compare_prompt(ours, gp, tol) for ours, gp in zip(forward(weights, cfg, sequences, step),
