@@ -15,6 +15,10 @@ The license metadata must name the right terms            -> GEMMA001.
 
 The project does not ship the text of the terms; it recognises a copy by its
 title and "Last modified" date and knows the published versions by date.
+
+Cards are hard-wrapped Markdown, so statements (what was done to the weights,
+authorship claims, disclaimers) are read on paragraphs joined onto one line
+(:func:`release.card.text.paragraph_text`), and reported on the line where they start.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any, Iterable
 
 from gemma_ref.config import GENERATION_OF_MODEL_TYPE
 from release.card.cardfile import Card
+from release.card.text import paragraph_text, prose
 from release.releaseset import ReleaseSet
 from release.errors import InputError
 from release.files import atomic_write, read_text_file
@@ -151,7 +156,8 @@ def lineage_from_config(config_path: Path) -> Lineage:
 
 # --- recognising what a card or file says -----------------------------------------------------
 
-_USE_RESTRICTIONS = re.compile(r"prohibited[_ -]use[_ -]policy|use restrictions|section\s*3\.2", re.IGNORECASE)
+# Whitespace between the words may be a line break: cards are hard-wrapped ("the Prohibited Use\nPolicy").
+_USE_RESTRICTIONS = re.compile(r"prohibited[_\s-]{1,8}use[_\s-]{1,8}policy|use\s{1,8}restrictions|section\s*3\.2", re.IGNORECASE)
 # A statement that files/weights were modified ("prominent notices stating that you modified the files").
 _MODIFIED_STATEMENT = re.compile(
     r"\b(?:files?|weights|models?|checkpoints?|parameters|tensors)\b[^.\n]{0,60}?\b(?:were|was|have\s+been|has\s+been|are|is)\s+modified\b"
@@ -181,7 +187,9 @@ _AUTHOR_LINE = re.compile(
 _ENDORSEMENT = [
     (re.compile(r"^\s*#\s*gemma(?:\s+\d+n?)?\s+model\s+card\b", re.IGNORECASE | re.MULTILINE),
      "uses the base model's card title as this model's title"),
-    (re.compile(r"this model card corresponds to the [\w.-]+ (?:base|instruct|pre-?trained|instruction-tuned) version of the gemma(?: \d+n?)? model\b", re.IGNORECASE),
+    # read on joined paragraphs, where a wrapped, indented line leaves several spaces between two words
+    (re.compile(r"this\s+model\s+card\s+corresponds\s+to\s+the\s+[\w.-]+\s+(?:base|instruct|pre-?trained|instruction-tuned)\s+version\s+of\s+"
+                r"the\s+gemma(?:\s+\d+n?)?\s+model\b", re.IGNORECASE),
      "copies the base model's card description as this model's"),
 ]
 # Around an authorship line, words that show it describes the original (quant headers, "Original model:").
@@ -293,13 +301,23 @@ def mentions_use_restrictions(text: str) -> bool:
     return bool(_USE_RESTRICTIONS.search(text))
 
 
+def _search_text_and_paragraphs(pattern: re.Pattern[str], text: str) -> bool:
+    """`pattern` matches `text` as written or its prose with each paragraph joined onto one line.
+
+    The joined prose reads a statement wrapped over lines ("the weights were\\nmodified"); the text as
+    written keeps what matched before joining (code blocks, line-anchored labels such as "Modifications:"
+    after another line of the same paragraph), so joining only ever adds matches.
+    """
+    return bool(pattern.search(text)) or bool(pattern.search(paragraph_text(text)))
+
+
 def states_modification(text: str) -> bool:
-    return bool(_MODIFIED_STATEMENT.search(text))
+    return _search_text_and_paragraphs(_MODIFIED_STATEMENT, text)
 
 
 def says_weights_modified(text: str) -> bool:
     """The text says what was done to the weights (fine-tuned, merged, quantized, converted, ...)."""
-    return bool(_WHAT_WAS_DONE.search(text))
+    return _search_text_and_paragraphs(_WHAT_WAS_DONE, text)
 
 
 def says_files_differ(text: str) -> bool:
@@ -412,10 +430,9 @@ def _about_original(body: str, start: int, end: int) -> bool:
 
 
 def _endorsement_findings(card: Card) -> list[Finding]:
-    from release.card.text import prose  # code blocks are not claims
-
-    body = prose(card.body)
-    disclaimed = bool(_DISCLAIMER.search(card.text))
+    lines = prose(card.body)  # code blocks are not claims; findings' lines are counted here ...
+    body = paragraph_text(card.body)  # ... and claims read here, a wrapped sentence on one line (same offsets)
+    disclaimed = bool(_DISCLAIMER.search(card.text)) or bool(_DISCLAIMER.search(body))
     hits: list[tuple[int, str, str]] = []
     for m in _AUTHOR_LINE.finditer(body):
         if _about_original(body, m.start(), m.end()):
@@ -429,7 +446,7 @@ def _endorsement_findings(card: Card) -> list[Finding]:
         sev = "warning" if disclaimed else "error"
         hint = "the card disclaims endorsement, but review this line" if disclaimed else "describe the base model as Google's and this model as yours"
         findings.append(Finding("GEMMA006", sev, f"text {what} ({matched.strip()!r}); {hint}",
-                                card.display_path, card.body_line + line_at(body, start) - 1))
+                                card.display_path, card.body_line + line_at(lines, start) - 1))
     return findings
 
 
