@@ -88,7 +88,7 @@ def register_rules(*rules: Rule) -> None:
 RULE_MODULES = (
     "release.card.rules", "release.card.terms", "release.card.variants", "release.card.hidden", "release.card.filechecks",
     "release.releaseset", "release.publish.plan", "release.weights.verify", "release.weights.gguf_reader",
-    "release.weights.gguf_tokenizer",
+    "release.weights.gguf_tokenizer", "release.secrets",
 )
 
 

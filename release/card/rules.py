@@ -416,12 +416,18 @@ def check_path(path: Path | str, *, repo_id: str | None = None) -> list[Finding]
     return check_release_set(resolve(release_dir), repo_id=repo_id)
 
 
-def check_release_set(rs: ReleaseSet, *, repo_id: str | None = None, upstream_files: Iterable[str] | None = None) -> list[Finding]:
+def check_release_set(rs: ReleaseSet, *, repo_id: str | None = None, upstream_files: Iterable[str] | None = None,
+                      allow_secrets: Iterable[str] = ()) -> list[Finding]:
     """Card and Terms of Use findings for a release set: its README.md, judged with the set's files only.
 
     The card is read from the directory even when the set leaves it out (CARD012 says so):
     a release without its card uploads no licence information at all.
+    Also the secret scan of the set's files (PUBLISH004; ``allow_secrets``: ``--allow-secret`` repo paths),
+    here so that ``card check`` and ``publish`` (which calls this once) report it alike.
     """
+    from release.secrets import scan_release_set
+
+    secrets = scan_release_set(rs, allow_secrets)  # first: a bad --allow-secret fails before the slower checks
     readme = rs.root / "README.md"
     findings: list[Finding] = []
     if not readme.exists():
@@ -432,7 +438,7 @@ def check_release_set(rs: ReleaseSet, *, repo_id: str | None = None, upstream_fi
         if "README.md" not in rs:
             findings.append(Finding("CARD012", "error", "README.md is not in the release's files: the card (and its licence) would not be uploaded",
                                     str(rs.config.path if rs.config else readme)))
-    findings += check_card(card, rs, repo_id=repo_id, upstream_files=upstream_files)
+    findings += check_card(card, rs, repo_id=repo_id, upstream_files=upstream_files) + secrets
     note = rs.left_out_finding()
     return findings + ([note] if note else [])
 
@@ -591,17 +597,21 @@ def set_metadata(card: Card, updates: dict[str, Any]) -> str:
 
 
 def check_release_card(path: Path | str, hub: object = None, *, repo_id: str | None = None,
-                       upstream_files: Iterable[str] | None = None) -> list[Finding]:
+                       upstream_files: Iterable[str] | None = None, allow_secrets: Iterable[str] = ()) -> list[Finding]:
     """What `card check` reports: card, Terms of Use / Apache-2.0 findings plus the variant-table (QUANT) findings.
 
-    For a release directory both judge its release set (release.yaml's files, or the whole directory).
+    For a release directory both judge its release set (release.yaml's files, or the whole directory),
+    and its files are scanned for secrets (``allow_secrets``: ``--allow-secret`` repo paths).
     ``repo_id`` is the Hub repo the card is checked as (Google's own repos are the upstream).
     """
     from release.card.variants import check_variants  # variants builds on card parsing, so import it late
 
     p = Path(path)
+    allow_secrets = tuple(allow_secrets)
     if not p.is_dir():
+        if allow_secrets:  # a lone card is not a release: no file set to scan, nothing to allow
+            raise InputError("--allow-secret applies to a release directory, not a single card", p)
         return check_path(p, repo_id=repo_id) + check_variants(p, hub=hub, repo_id=repo_id)
     rs = resolve(p)
-    return (check_release_set(rs, repo_id=repo_id, upstream_files=upstream_files)
+    return (check_release_set(rs, repo_id=repo_id, upstream_files=upstream_files, allow_secrets=allow_secrets)
             + check_variants(p, rs.config, hub=hub, release_set=rs, repo_id=repo_id))

@@ -50,6 +50,7 @@ class Options:
     tag: str | None = None
     token: str | None = None
     dry_run: bool = False
+    allow_secrets: tuple[str, ...] = ()  # --allow-secret: repo paths whose secret findings are deliberate
 
 
 @dataclass
@@ -104,13 +105,13 @@ def _verify(rs: ReleaseSet) -> list[Finding]:
                 for f in report.findings]
 
 
-def run_checks(rs: ReleaseSet, hub: bool) -> list[Finding]:
-    """Every check on the release set: card, terms, variants (files; Hub listings when ``hub``), verify."""
+def run_checks(rs: ReleaseSet, hub: bool, allow_secrets: tuple[str, ...] = ()) -> list[Finding]:
+    """Every check on the release set: secrets, card, terms, variants (files; Hub listings when ``hub``), verify."""
     from release.card.rules import check_release_set
     from release.card.variants import check_variants
 
     findings = list(rs.findings)
-    findings += check_release_set(rs)
+    findings += check_release_set(rs, allow_secrets=allow_secrets)  # also the secret scan (PUBLISH004), once
     if (rs.root / "README.md").is_file():  # without a card there is no variant table (check_release_set says so)
         findings += check_variants(rs.root, rs.config, hub=True if hub else None, release_set=rs)
     findings += _verify(rs)
@@ -131,7 +132,7 @@ def plan(release_dir: Path, opts: Options) -> Plan:
         raise InputError(f"repository {repo!r} is not of the form ORG/NAME")
     if opts.tag is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}", opts.tag):
         raise InputError(f"--tag {opts.tag!r} is not a valid tag name")
-    findings = run_checks(rs, hub=not opts.dry_run)
+    findings = run_checks(rs, hub=not opts.dry_run, allow_secrets=opts.allow_secrets)
     files = rs.hashed()
     revision = opts.revision or cfg.revision
     message = opts.commit_message or cfg.commit_message or f"Release {repo.split('/')[1]} with gemma-release"
