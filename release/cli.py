@@ -298,6 +298,16 @@ def golden(
               f"from {g.producer} {g.producer_version}")
 
 
+def _refuse_quantized(model: Path) -> None:
+    """A quantized directory has no float weights to check against a golden: say what to run instead (exit 2)."""
+    from release.weights.quant import quantized_variant
+
+    found = quantized_variant(model)
+    if found is not None:
+        raise InputError(f"this is a {found[1].format} quantized variant ({found[1].label}): use --against ORIGINAL_DIR "
+                         "to measure it against the model it was made from", model)
+
+
 @app.command()
 def verify(
     golden_file: Annotated[Optional[Path], typer.Option("--golden", "-g", help="Golden file to compare a model directory against.")] = None,
@@ -307,9 +317,9 @@ def verify(
                                                 "(downloads config, safetensors and tokenizer only)."))] = None,
     token: Annotated[Optional[str], typer.Option("--token", help="Hub token (prefer HF_TOKEN: options end up in shell history).",
                                                  show_default=False)] = None,
-    against: Annotated[Optional[Path], typer.Option("--against", help="For a .gguf MODEL: the original model directory it was made from.")] = None,
-    ids: Annotated[Optional[list[str]], typer.Option("--ids", help="For a .gguf: a prompt as token ids, e.g. '2,651,6037'. Repeatable.")] = None,
-    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="For a .gguf: YAML/JSON prompts file (default: the built-in set).")] = None,
+    against: Annotated[Optional[Path], typer.Option("--against", help="For a .gguf or a quantized MODEL directory (MLX, bitsandbytes, GPTQ, AWQ, compressed-tensors, FP8): the original model directory it was made from.")] = None,
+    ids: Annotated[Optional[list[str]], typer.Option("--ids", help="For a .gguf or quantized variant: a prompt as token ids, e.g. '2,651,6037'. Repeatable.")] = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="For a .gguf or quantized variant: YAML/JSON prompts file (default: the built-in set).")] = None,
     atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance on every logit (default 1e-4; none for a .gguf).", min=0, callback=_finite, show_default=False)] = None,
     rtol: Annotated[float, typer.Option(help="Relative tolerance (times |golden|).", min=0, callback=_finite)] = 1e-5,
     row_rtol: Annotated[Optional[float], typer.Option(help="Tolerance relative to each position's max |golden| (default 5e-5; 0 for the per-logit bound alone).", min=0, callback=_finite, show_default=False)] = None,
@@ -324,7 +334,7 @@ def verify(
                                                      "With --repo naming an adapter repo: download its base model from "
                                                      "the Hub too."), show_default=False)] = None,
 ) -> None:
-    """Check a checkpoint against a golden file, or a GGUF variant against its original. Exit 0 pass, 1 fail, 2 bad input."""
+    """Check a checkpoint against a golden file, or a GGUF / quantized variant against its original. Exit 0 pass, 1 fail, 2 bad input."""
     from release.weights.verify import Tolerance, render_report, verify_model, write_report_json
 
     if model is not None and model.suffix.lower() == ".gguf":
@@ -338,15 +348,29 @@ def verify(
         with _progress() as bar:
             report = verify_gguf(model, against, select_prompts(ids, prompts), max_mean_kl, min_top1, max_kl,
                                  _progress_callback(bar))
+    elif model is not None and against is not None:  # a quantized directory (MLX, bitsandbytes, GPTQ ...) vs its original
+        from release.weights.prompts import select_prompts
+        from release.weights.quant_verify import verify_quant
+
+        if golden_file is not None or repo is not None:
+            raise typer.BadParameter("a quantized variant is compared with its original: give --against MODEL_DIR (not --golden or --repo)")
+        if atol is not None:
+            raise typer.BadParameter("--atol does not apply to a quantized variant (judged by --max-mean-kl, --min-top1, --max-kl)")
+        with _progress() as bar:
+            report = verify_quant(model, against, select_prompts(ids, prompts), max_mean_kl, min_top1, max_kl,
+                                  _progress_callback(bar))
     else:
+        if model is not None:
+            _refuse_quantized(model)
         if (model is None) == (repo is None):
             raise typer.BadParameter("give either a MODEL directory or --repo ORG/NAME[@REVISION]")
         if golden_file is None or against is not None or ids or prompts is not None:
-            raise typer.BadParameter("a model directory is checked against --golden FILE (--against, --ids and --prompts are for a .gguf)")
+            raise typer.BadParameter("a model directory is checked against --golden FILE (--against, --ids and --prompts are for a .gguf or a quantized variant)")
         if repo is not None:
             from release.hub import download_for_verify, parse_repo_ref
 
             model = download_for_verify(*parse_repo_ref(repo), token=token)
+            _refuse_quantized(model)
             if base_repo is not None:
                 if base is not None:
                     raise typer.BadParameter("give --base DIR or --base-repo ORG/NAME, not both")
@@ -639,6 +663,8 @@ def card_check(
     token: TokenOpt = None,
     repo_id: Annotated[Optional[str], typer.Option("--repo-id", metavar="ORG/NAME", show_default=False,
                                                   help="Judge a local card as this Hub repo (google/... is the upstream: derivative-only rules do not apply).")] = None,
+    allow_secret: Annotated[Optional[list[str]], typer.Option("--allow-secret", metavar="FILE", show_default=False,
+                                                              help="A release file (repo path) whose secret findings (PUBLISH004) are deliberate. Repeatable.")] = None,
 ) -> None:
     """Check card metadata (schema, Hub rules), the Gemma Terms of Use obligations and variant tables.
 
@@ -653,11 +679,11 @@ def card_check(
     with tempfile.TemporaryDirectory(prefix="gemma-release-repo-") as work:
         published = _published(path, repo, token, Path(work))
         if published is None:
-            findings = check_release_card(path, hub=True if hub else None, repo_id=repo_id)
+            findings = check_release_card(path, hub=True if hub else None, repo_id=repo_id, allow_secrets=allow_secret or ())
         else:
             pub, rs, own = published
             rid = repo_id or (repo.split("@", 1)[0] if repo else None)
-            findings = _relabel(check_release_set(rs, repo_id=rid)
+            findings = _relabel(check_release_set(rs, repo_id=rid, allow_secrets=allow_secret or ())
                                 + check_variants(pub.root, own, hub=_published_listing(pub, rs), release_set=rs, repo_id=rid), pub)
     typer.echo(render(findings, fmt))
     raise typer.Exit(1 if has_errors(findings) else 0)
@@ -729,6 +755,8 @@ def publish(
     tag: Annotated[Optional[str], typer.Option("--tag", help="Tag the release commit.")] = None,
     token: Annotated[Optional[str], typer.Option("--token", help="Hub token. Discouraged (it lands in shell history): prefer HF_TOKEN or `hf auth login`.", show_default=False)] = None,
     json_out: JsonOpt = False,
+    allow_secret: Annotated[Optional[list[str]], typer.Option("--allow-secret", metavar="FILE", show_default=False,
+                                                              help="Upload this release file (repo path) although the secret scan flags it (PUBLISH004). Repeatable.")] = None,
 ) -> None:
     """Check everything, then upload DIR to the Hub in one commit and validate what landed."""
     from release.findings import render
@@ -736,7 +764,7 @@ def publish(
     from release.publish.plan import Options, execute, plan, render_plan
 
     opts = Options(repo=repo, revision=revision, private=private, create_pr=create_pr,
-                   commit_message=commit_message, tag=tag, token=token, dry_run=dry_run)
+                   commit_message=commit_message, tag=tag, token=token, dry_run=dry_run, allow_secrets=tuple(allow_secret or ()))
     p = plan(directory, opts)
     if p.findings and not json_out:
         err.print(escape(render(p.findings, "text")))

@@ -9,6 +9,13 @@ query_pre_attn_scalar, attn_logit_softcapping, final_logit_softcapping, rope_glo
 parameters_expected_from_config, storage_dtypes, declared_dtype, files, bytes_on_disk(_human),
 float32_bytes, errors, warnings.
 
+A quantized variant (MLX, bitsandbytes, GPTQ, ... : :mod:`release.weights.quant`) adds ``quantization``: format,
+method, scheme (label), bits, group_size, details, quantized_modules, quantized_tensors, quantized_weights,
+quantized_bytes, bits_per_weight (effective: stored bytes of the quantized modules' tensors * 8 / the weights
+they represent), tensor_types, modules; its ``parameters`` are the config's shapes (the logical weights) and
+its ``storage_dtypes`` count the float tensors plus the quantized modules. Reading it reads the small
+per-module quant states (bitsandbytes' JSON) besides the headers.
+
 Models with per-layer geometry (Gemma 4; Gemma 3n too) add ``per_layer`` (see :func:`per_layer_summary`):
 
 * ``attention_scale``: the factor on q.k (Gemma 4: 1.0; no query_pre_attn_scalar, no head_dim**-0.5);
@@ -32,6 +39,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gemma_ref.config import (
     FULL,
     SLIDING,
@@ -42,6 +51,7 @@ from gemma_ref.config import (
 )
 from gemma_ref.weights import Weights
 from release.files import check_model_files
+from release.weights.quant import quantized_variant
 
 
 def _human_count(n: int) -> str:
@@ -153,11 +163,47 @@ def inspect_model(model_dir: str | Path) -> dict[str, Any]:
             "errors": [i.message for i in w.issues if i.severity == "error"],
             "warnings": [i.message for i in w.issues if i.severity != "error"],
         }
+        found = quantized_variant(model_dir)
+        if found is not None:  # MLX, bitsandbytes, GPTQ ...: the packed tensors are not the float ones Weights expects
+            params = _quantization(info, model_dir, cfg, found)
         if cfg.layers:  # Gemma 4: per-layer geometry
             info["per_layer"] = per_layer_summary(cfg, params)
         return info
     finally:
         w.close()
+
+
+def _quantization(info: dict[str, Any], model_dir: Path, cfg: GemmaConfig, found: tuple) -> int:
+    """``info["quantization"]`` for a quantized variant, and the fields a float reading gets wrong; returns parameters.
+
+    The format, scheme, bits and group size, which modules / tensors are quantized and the effective bits per
+    weight (stored bytes of the quantized modules' tensors * 8 / the weights they represent). Parameters are
+    counted as the config's shapes (a packed tensor's shape is not its weight count). Structure problems are
+    the format's own (QuantWeights: exit 2), not the float reader's dtype errors.
+    """
+    from gemma_ref.weights import expected_shapes
+    from release.weights.quant.weights import QuantWeights
+
+    qw = QuantWeights(model_dir, cfg, *found)
+    try:
+        q = qw.describe()
+        float_dtypes: dict[str, int] = {}
+        for rel in expected_shapes(cfg):
+            if qw._module(rel) is None:
+                dt = qw.infos[qw.prefix + rel].dtype
+                name = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}.get(dt, dt)
+                float_dtypes[name] = float_dtypes.get(name, 0) + 1
+        info["storage_dtypes"] = {**float_dtypes, f"quantized ({q['scheme']})": q["quantized_modules"]}
+        info["errors"] = []
+        info["warnings"] = [f.message for f in qw.findings]
+    finally:
+        qw.close()
+    params = sum(int(np.prod(shape, dtype=np.int64)) for shape in expected_shapes(cfg).values())
+    info.update(parameters=params, parameters_human=_human_count(params), float32_bytes=params * 4)
+    info["quantization"] = {k: q[k] for k in ("format", "method", "scheme", "bits", "group_size", "details",
+                                              "quantized_modules", "quantized_tensors", "quantized_weights",
+                                              "quantized_bytes", "bits_per_weight", "tensor_types", "modules")}
+    return params
 
 
 def render_inspect(info: dict[str, Any]):
@@ -184,6 +230,12 @@ def render_inspect(info: dict[str, Any]):
                   f"float32 would need {info['float32_bytes'] / (1 << 30):.2f} GiB"),
         ("tensor prefix", repr(info["tensor_prefix"])),
     ]
+    if info.get("quantization"):
+        q = info["quantization"]
+        bpw = f"{q['bits_per_weight']:.3f}" if q["bits_per_weight"] is not None else "n/a"
+        dq = " + double quantization" if q["details"].get("double_quant") else ""
+        rows.insert(1, ("quantization", f"{q['scheme']}{dq}: {q['quantized_modules']} modules quantized "
+                        f"({q['quantized_tensors']} tensors), {bpw} bits per weight effective"))
     if info.get("per_layer"):
         rows = _per_layer_rows(info, rows)
     if info.get("adapter"):
