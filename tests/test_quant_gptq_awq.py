@@ -10,11 +10,9 @@ fixtures' layout) and run ``gemma-release verify VARIANT --against ORIGINAL``.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 import pytest
 from safetensors import safe_open
@@ -422,20 +420,8 @@ def id_args() -> list[str]:
     return [a for ids, _ in golden_prompts(CASE) for a in ("--ids", ",".join(map(str, ids.tolist())))]
 
 
-def _verify_dir_against_supported() -> bool:
-    try:
-        from release.weights.quant_verify import verify_quant  # noqa: F401
-        import release.cli as cli
-        return "quant_verify" in Path(cli.__file__).read_text()
-    except ImportError:
-        return False
 
 
-needs_cli = pytest.mark.skipif(not _verify_dir_against_supported(),
-                               reason="verify VARIANT_DIR --against is not wired into the CLI yet")
-
-
-@needs_cli
 @pytest.mark.parametrize("fmt, bits", [("gptq", 8), ("gptq", 4), ("awq", 4)])
 def test_verify_a_quantized_variant_against_its_original(cli, tmp_path, fmt, bits):
     variant = write_variant(tmp_path / f"{fmt}{bits}", fmt, bits)
@@ -451,7 +437,6 @@ def test_verify_a_quantized_variant_against_its_original(cli, tmp_path, fmt, bit
 TIGHT = ("--max-mean-kl", "0.001")
 
 
-@needs_cli
 @pytest.mark.parametrize("fmt, bits", [("gptq", 8), ("awq", 4)])
 def test_verify_fails_a_variant_with_one_block_of_scales_zeroed(cli, tmp_path, fmt, bits):
     clean = write_variant(tmp_path / "clean", fmt, bits)
@@ -461,14 +446,12 @@ def test_verify_fails_a_variant_with_one_block_of_scales_zeroed(cli, tmp_path, f
     assert r.code == 1, r.out + r.err
 
 
-@needs_cli
 def test_verify_fails_an_8bit_variant_with_every_scale_zeroed_at_default_bounds(cli, tmp_path):
     variant = write_variant(tmp_path / "gptq", "gptq", 8, zero_layers=(0, 1, 2, 3))
     r = cli("verify", variant, "--against", MODELS / CASE, *id_args())
     assert r.code == 1, r.out + r.err
 
 
-@needs_cli
 def test_verify_names_a_truncated_packed_tensor(cli, tmp_path):
     variant = write_variant(tmp_path / "gptq", "gptq", 4)
     tensors = load_file(str(variant / "model.safetensors"))
