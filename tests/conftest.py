@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Offline, before anything imports huggingface_hub (it reads this once): bitsandbytes and transformers
+# otherwise look up optional kernels on the Hub (DNS and HTTPS) at import or first use. The Hub tests run
+# their clients in subprocesses against the loopback server, with an environment of their own (hub_env).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import shutil
 import sys
 from dataclasses import dataclass
