@@ -719,7 +719,8 @@ def notice(directory: Annotated[Path, typer.Argument(help="Release directory to 
 ReleaseDirArg = Annotated[Path, typer.Argument(help="Release directory (holds release.yaml, the card and the files).", show_default=False)]
 RepoOpt = Annotated[Optional[str], typer.Option("--repo", help="Destination ORG/NAME (overrides release.yaml).")]
 HubOpt = Annotated[bool, typer.Option("--hub/--offline", help="Also check variant links against the Hub listing.")]
-variants_app = typer.Typer(help="Quantized-variant tables: check them, generate them from release.yaml.", no_args_is_help=True)
+variants_app = typer.Typer(help="Quantized variants: check the card's tables, generate them from release.yaml, measure "
+                                "every local variant against the original, chart size against fidelity.", no_args_is_help=True)
 app.add_typer(variants_app, name="variants")
 
 
@@ -827,8 +828,10 @@ def variants_table(
     directory: ReleaseDirArg,
     write: Annotated[bool, typer.Option("--write", help="Write the table into DIR/README.md between the markers.")] = False,
     hub: HubOpt = False,
-    fidelity: Annotated[Optional[list[Path]], typer.Option("--fidelity", help="JSON report of `verify X.gguf --against M` (--out or --json); "
-                                                          "adds a fidelity column matched by file name. Repeatable.")] = None,
+    fidelity: Annotated[Optional[list[Path]], typer.Option("--fidelity", help="JSON report of `verify VARIANT --against M` (--out or --json; "
+                                                          "VARIANT a .gguf or a quantized directory), or a directory of them "
+                                                          "(`variants fidelity`'s); adds a fidelity column matched by file or "
+                                                          "directory name. Repeatable.")] = None,
 ) -> None:
     """Generate the variant table from release.yaml and the real files (local_dir, or the Hub with --hub)."""
     from release import release_yaml
@@ -844,6 +847,69 @@ def variants_table(
     if listing is None:
         raise InputError("no variant has a local_dir and Hub access is off; pass --hub", path=cfg.path)
     out.print(escape(generate_table(cfg, listing, measured)), end="")
+
+
+@variants_app.command("fidelity")
+def variants_fidelity(
+    directory: ReleaseDirArg,
+    ids: Annotated[Optional[list[str]], typer.Option("--ids", help="A prompt as token ids, e.g. '2,651,6037'. Repeatable.")] = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="YAML/JSON prompts file (default: the built-in set, "
+                                                    "tokenized with the original's tokenizer).")] = None,
+    against: Annotated[Optional[Path], typer.Option("--against", help="The original model directory (default: the release "
+                                                    "directory itself).", show_default=False)] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", "-o", help="Directory for the reports, one "
+                                                    "VARIANT.json each (default: DIR/fidelity).", show_default=False)] = None,
+    storage: Annotated[Optional[Literal["full", "topk"]], typer.Option(
+        help="How the original's logits are kept: full rows, or top-k + log-sum-exp (default: full up to 64 MB of "
+             "logits, as `golden` decides).", show_default=False)] = None,
+    topk: Annotated[Optional[int], typer.Option(help="k for top-k storage (default 4096: the KL is then ~1.5% under the "
+                                                 "full one on gemma-3-270m).", min=1, show_default=False)] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Measure every local variant in release.yaml (GGUFs, quantized directories) against the original, run once.
+
+    Writes one `verify --against` report per variant (for `variants table --fidelity DIR/fidelity`) and prints a summary. Exit 0 all within their bounds, 1 one is not, 2 bad input.
+    """
+    from release.weights.fidelity import measure_release, render_run
+    from release.weights.prompts import select_prompts
+
+    specs = select_prompts(ids, prompts)
+    with _progress() as bar:
+        run = measure_release(directory, specs, against=against, out_dir=out_dir, storage=storage, topk=topk,
+                              progress=_progress_callback(bar))
+    if json_out:
+        out.print_json(data=run.to_dict())
+    else:
+        out.print(render_run(run))
+    raise typer.Exit(0 if run.ok else 1)
+
+
+@variants_app.command("chart")
+def variants_chart(
+    directory: ReleaseDirArg,
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="The chart to write: .png or .svg.", show_default=False)],
+    fidelity: Annotated[Optional[list[Path]], typer.Option("--fidelity", help="A report of `verify VARIANT --against M` or "
+                                                          "`variants fidelity`, or a directory of them (default: "
+                                                          "DIR/fidelity). Repeatable.", show_default=False)] = None,
+    x: Annotated[Literal["size", "bits"], typer.Option("--x", help="The x axis: the variant's size on disk, or bits per "
+                                                       "weight of its quantized tensors.")] = "size",
+    json_out: JsonOpt = False,
+) -> None:
+    """Chart every measured variant: size (or bits per weight) against mean KL, log scale. Needs matplotlib (pip install 'gemma-release\\[chart]')."""
+    from release import release_yaml
+    from release.card.variants import load_fidelity
+    from release.weights.fidelity import DEFAULT_OUT_DIR, write_chart
+
+    cfg = release_yaml.load(directory)
+    measured = list(load_fidelity(fidelity or [Path(directory) / DEFAULT_OUT_DIR]).values())
+    info = write_chart(measured, out_file, x, title=f"{cfg.repo}: quantized variants, {'size' if x == 'size' else 'bits per weight'} against mean KL")
+    if json_out:
+        out.print_json(data=info)
+        return
+    clamped = [p["label"] for p in info["points"] if p["clamped"]]
+    n = len(info["points"])
+    out.print(escape(printable(f"wrote {out_file}: {n} variant{'s' if n != 1 else ''}"
+                               + (f" ({', '.join(clamped)}: KL 0, drawn at {info['floor']:.0e})" if clamped else ""))))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,7 +41,7 @@ REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9
 class Variant:
     """One quantized variant: a file (GGUF style) or a branch (GPTQ/EXL2 style) in a sibling repo."""
 
-    format: str  # gguf | gptq | awq | exl2 | hf
+    format: str  # gguf | gptq | awq | exl2 | hf | mlx | bitsandbytes | fp8 | compressed-tensors
     quant: str  # the quant label as people write it: Q4_K_M, bf16, 4bit-128g, 6.5bpw
     repo: str
     revision: str = "main"

@@ -17,6 +17,7 @@ import pytest
 import typer
 
 from conftest import DATA, GOLDENS, MODELS
+from quant_fixtures import write_mlx_variant
 from release_fixture import CARD, NOTICE
 from venvs import build_wheel, clean_env, declared_venv, venv_python
 
@@ -24,7 +25,8 @@ ADAPTERS = DATA / "adapters"
 CASE = "gemma2_gqa_softcap"
 
 # Development extras and packages this machine may have: none of them is a base dependency.
-NOT_DECLARED = ("pytest", "jinja2", "tokenizers", "hypothesis", "scipy", "torch", "transformers", "peft", "setuptools")
+NOT_DECLARED = ("pytest", "jinja2", "tokenizers", "hypothesis", "scipy", "torch", "transformers", "peft", "setuptools",
+                "matplotlib")  # the optional `chart` extra: `variants chart` says how to install it (exit 2)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +105,11 @@ def _invocations(w: Path) -> dict[str, tuple[list[str], int]]:
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = str(MODELS / CASE)
     (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    variants = w / "variants"  # a release with a quantized variant of its own weights (MLX 8-bit, written in NumPy)
+    shutil.copytree(MODELS / CASE, variants)
+    write_mlx_variant(MODELS / CASE, variants / "m-mlx-8bit", 8, 32)
+    (variants / "release.yaml").write_text("repo: me/tiny\nfiles: [config.json, model.safetensors]\nvariants:\n"
+                                           "  - {format: mlx, quant: 8bit-32g, repo: me/tiny-mlx, revision: main, local_dir: m-mlx-8bit}\n")
     return {
         "inspect": (["inspect", model], 0),
         "golden": (["golden", model, "-o", w / "g.golden", "--ids", "2,17,300,41"], 0),
@@ -122,6 +129,8 @@ def _invocations(w: Path) -> dict[str, tuple[list[str], int]]:
         "publish": (["publish", release, "--dry-run"], 0),
         "variants check": (["variants", "check", release], 0),
         "variants table": (["variants", "table", release], 0),
+        "variants fidelity": (["variants", "fidelity", variants, "--ids", "2,17,300,41"], 0),
+        "variants chart": (["variants", "chart", variants, "-o", w / "chart.png"], 2),  # no matplotlib in the base install
     }
 
 

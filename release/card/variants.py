@@ -42,7 +42,10 @@ register_rules(
     Rule("QUANT007", "error", "the generated table between the markers is stale (differs from what would be generated)"),
     Rule("QUANT008", "error", "a quantized release's card lacks base_model / base_model_relation: quantized"),
     Rule("QUANT009", "warning", "a variant link does not point to a Hub repository"),
-    Rule("QUANT010", "info", "rows not checked against files (no local copy and no Hub access)"),
+    Rule("QUANT010", "info", "rows (or their format and bits) not checked against files (no local copy and no Hub access, or "
+                             "files that cannot be read)"),
+    Rule("QUANT011", "error", "the table's format or bits differ from what the variant's local files are (a GGUF's "
+                              "general.file_type; a directory's quantization_config and tensors, as verify recognises them)"),
 )
 
 Listing = Callable[[str, str], "dict[str, int] | None"]  # (repo, revision) -> {path: size} | None
@@ -66,9 +69,16 @@ GGUF_TYPES: dict[str, float] = {
     "TQ2_0": 2.06, "TQ1_0": 1.69,
 }
 _FLOAT_ALIASES = {"FP32": "F32", "FP16": "F16", "FLOAT16": "F16", "FLOAT32": "F32", "BFLOAT16": "BF16"}
-#: Formats a variant can have, and how they are spelled in column headers and repo names.
-FORMATS: dict[str, str] = {"gguf": "GGUF", "gptq": "GPTQ", "awq": "AWQ", "exl2": "EXL2", "hf": "HF"}
+#: Formats a variant can have, and how they are spelled in column headers and repo names. The quantized
+#: safetensors formats carry the names :mod:`release.weights.quant` gives them (``Scheme.format``).
+FORMATS: dict[str, str] = {"gguf": "GGUF", "gptq": "GPTQ", "awq": "AWQ", "exl2": "EXL2", "hf": "HF", "mlx": "MLX",
+                           "bitsandbytes": "bitsandbytes", "fp8": "FP8", "compressed-tensors": "compressed-tensors"}
 GPTQ_BITS = (2, 3, 4, 8)
+#: Bit widths each further safetensors format stores (MLX affine 2-8; bitsandbytes nf4/fp4 and LLM.int8 ...).
+OTHER_BITS: dict[str, tuple[int, ...]] = {"mlx": (2, 3, 4, 5, 6, 8), "bitsandbytes": (4, 8), "fp8": (8,),
+                                          "compressed-tensors": (2, 3, 4, 8)}
+#: Microscaling names (MLX modes, compressed-tensors' nvfp4): name -> (bits, group size).
+_MICRO = {"mxfp4": (4, 32), "nvfp4": (4, 16), "mxfp8": (8, 32)}
 PLACEHOLDER_RE = re.compile(
     r"^\W*(coming soon|soon|tbd|tba|todo|wip|work in progress|pending|planned|in progress|"
     r"to be (?:added|released|uploaded|announced)|not (?:yet )?(?:available|released|uploaded))\W*$",
@@ -132,6 +142,9 @@ def parse_quant(text: str, fmt: str | None = None) -> Quant | None:
             if 1.0 <= bpw <= 16.0:
                 return Quant("exl2", f"{bpw:g}bpw", bpw)
         return None
+    other = fmt if fmt in OTHER_BITS else (_other_format_in(low) if fmt is None else None)
+    if other is not None:
+        return _parse_other(other, low)
     if fmt in ("gptq", "awq") or "gptq" in low or "awq" in low:
         kind = fmt if fmt in ("gptq", "awq") else ("awq" if "awq" in low else "gptq")
         bits, gs = _gptq_parts(t)
@@ -143,6 +156,46 @@ def parse_quant(text: str, fmt: str | None = None) -> Quant | None:
             return None
         return Quant(kind, f"{bits}bit" + (f"-{gs}g" if gs else ""), float(bits), gs)
     return None
+
+
+def _other_format_in(low: str) -> str | None:
+    """MLX / bitsandbytes / FP8 / compressed-tensors named in a label without a format hint (``mlx-4bit``, ``bnb-nf4``)."""
+    if re.search(r"(?<![a-z])mlx(?![a-z])", low):
+        return "mlx"
+    if re.search(r"(?<![a-z])(?:bnb|bitsandbytes|nf4)(?![a-z0-9])", low):
+        return "bitsandbytes"
+    if re.search(r"(?<![a-z0-9])w\d+a\d+(?![a-z0-9])", low):
+        return "compressed-tensors"
+    if re.search(r"(?<![a-z0-9])fp8(?![a-z0-9])", low):
+        return "fp8"
+    return None
+
+
+def _parse_other(fmt: str, low: str) -> Quant | None:
+    """A quant label of the further safetensors formats: ``4bit-64g`` / ``mxfp4`` (MLX), ``nf4`` / ``int8``
+    (bitsandbytes), ``fp8`` / ``w8a8`` (FP8, compressed-tensors), ``w4a16`` / ``4bit-128g`` (compressed-tensors)."""
+    micro = re.search(r"(?<![a-z0-9])(mxfp4|nvfp4|mxfp8)(?![a-z0-9])", low)
+    if micro and fmt in ("mlx", "compressed-tensors"):
+        bits, gs = _MICRO[micro.group(1)]
+        return Quant(fmt, micro.group(1), float(bits), gs)
+    if fmt == "bitsandbytes":
+        kind = re.search(r"(?<![a-z0-9])(nf4|fp4|int8|llm\.int8)(?![a-z0-9])", low)
+        if kind:
+            name = "int8" if kind.group(1).endswith("int8") else kind.group(1)
+            return Quant(fmt, name, 8.0 if name == "int8" else 4.0)
+    if fmt in ("fp8", "compressed-tensors") and re.search(r"(?<![a-z0-9])(?:fp8|float8|e4m3)", low):
+        return Quant(fmt, "fp8", 8.0)
+    wa = re.search(r"(?<![a-z0-9])w(\d+)a(\d+)(?![a-z0-9])", low)
+    bits, gs = _gptq_parts(low)
+    if wa:
+        bits = int(wa.group(1))
+    elif bits is None:
+        m = re.fullmatch(r"\W*(?:q|int)?(\d)\W*", low)
+        bits = int(m.group(1)) if m else None
+    if bits not in OTHER_BITS[fmt]:
+        return None
+    name = (f"w{bits}a{wa.group(2)}" if wa else f"{bits}bit") + (f"-{gs}g" if gs else "")
+    return Quant(fmt, name, float(bits), gs)
 
 
 # --- sizes -----------------------------------------------------------------------------------------
@@ -370,15 +423,27 @@ def _cell(cells: tuple[str, ...], roles: dict[str, int], role: str) -> str:
 
 
 def _format_of(*texts: str) -> str | None:
-    """A format named in repo names / file names / cells: GGUF, GPTQ, AWQ, EXL2."""
+    """A format named in repo names / file names / cells: GGUF, GPTQ, AWQ, EXL2, MLX, bitsandbytes (``bnb``).
+
+    FP8 and compressed-tensors are only taken from a Format cell (:func:`_format_cell`): an ``-FP8`` repo name
+    is as often compressed-tensors as it is FP8.
+    """
     for t in texts:
         low = t.lower()
         if low.endswith(".gguf") or re.search(r"(?<![a-z])gguf(?![a-z])", low):
             return "gguf"
-        for fmt in ("gptq", "awq", "exl2"):
+        for fmt in ("gptq", "awq", "exl2", "mlx"):
             if re.search(rf"(?<![a-z]){fmt}(?![a-z])", low):
                 return fmt
+        if re.search(r"(?<![a-z])(?:bnb|bitsandbytes)(?![a-z])", low):
+            return "bitsandbytes"
     return None
+
+
+def _format_cell(cell: str) -> str | None:
+    """The format a Format column names exactly (``MLX``, ``FP8``, ``compressed-tensors`` ...), else None."""
+    key = re.sub(r"[*_`]", "", cell).strip().lower()
+    return next((k for k, shown in FORMATS.items() if key in (k, shown.lower())), None)
 
 
 def parse_rows(text: str, own_repo: str | None = None) -> list[Row]:
@@ -415,7 +480,8 @@ def _rows_of(shape: str, roles: dict[str, int], header: tuple[str, ...], line: i
     if not url and PLACEHOLDER_RE.match(label or quant_text or ""):
         ph = label or quant_text
     split_cell = _cell(cells, roles, "split").lower()
-    fmt = _format_of(_cell(cells, roles, "format"), label, target.path if target else "", target.repo if target else "")
+    fmt = (_format_cell(_cell(cells, roles, "format"))
+           or _format_of(_cell(cells, roles, "format"), label, target.path if target else "", target.repo if target else ""))
     if fmt is None and shape == "branches":
         fmt = "gptq" if "group_size" in roles else "exl2"
     if fmt is None and shape == "files":
@@ -571,6 +637,134 @@ def file_findings(row: Row, listing: Listing, path: str | None) -> list[Finding]
     return out
 
 
+# --- format and bits against the local files (metadata only) ------------------------------------------
+
+
+def local_roots(cfg, own_dir: Path) -> dict[tuple[str, str], Path]:  # noqa: ANN001 - release_yaml.ReleaseConfig
+    """(repo, revision) -> the local directory holding exactly that branch: the release's own directory for its repo
+    and revision, each variant's local_dir for its repo and revision."""
+    if cfg is None:
+        return {}
+    roots = {(cfg.repo, cfg.revision): Path(own_dir)}
+    roots.update({(v.repo, v.revision): v.local_dir for v in cfg.variants if v.local_dir is not None})
+    return roots
+
+
+def gguf_file_type(path: Path) -> str:
+    """A GGUF's quant type from its header (``general.file_type``, else the type most weights are stored in), as
+    ``verify`` reports it; no tensor data is read. InputError when it is not a readable GGUF."""
+    from release.weights.gguf_reader import open_gguf, quant_label
+
+    reader = open_gguf(path)
+    counts: dict[str, int] = {}
+    for t in reader.tensors:
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + int(t.n_elements)
+    return quant_label(reader, counts, path)
+
+
+def _gguf_same(stated: str, actual: str) -> bool:
+    """A table's GGUF type against the file's: equal, or a quantizer's own suffix (bartowski's ``Q6_K_L``, ``Q3_K_XL``,
+    Q8_0 embeddings on a ``Q6_K`` file; ARM repacks ``Q4_0_4_4``) on the file type it is built on."""
+    if stated == actual:
+        return True
+    m = re.fullmatch(r"(I?Q\d_K|Q\d_\d)(?:_[SML]|_XL|_\d_\d)?", stated)
+    if not m or stated in _FILE_TYPES:
+        return False
+    return actual == m.group(1) or actual.startswith(m.group(1) + "_")
+
+
+_FILE_TYPES = {"Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "Q4_0",
+               "Q4_1", "Q5_0", "Q5_1", "Q8_0"}  # llama.cpp's LlamaFileType names among GGUF_TYPES' k-/legacy quants
+
+
+def _scheme_text(scheme) -> str:  # noqa: ANN001 - release.weights.quant.base.Scheme
+    """'GPTQ 8-bit g128', 'MLX affine 4-bit g64', 'bitsandbytes nf4 4-bit' (the method when it says more)."""
+    method = "" if scheme.method in (scheme.format, "gptq_v2") else f" {scheme.method}"
+    used = scheme.details.get("bits_used") if isinstance(scheme.details, dict) else None
+    bits = "/".join(map(str, used)) if isinstance(used, list) and len(used) > 1 else str(scheme.bits)
+    return f"{FORMATS.get(scheme.format, scheme.format)}{method} {bits}-bit" + (f" g{scheme.group_size}" if scheme.group_size else "")
+
+
+def _scheme_agrees(q: Quant, scheme) -> bool:  # noqa: ANN001
+    """Whether a table's (format, bits, group size) fits a recognised scheme."""
+    fp8_in_ct = q.format == "fp8" and scheme.format == "compressed-tensors" and scheme.bits == 8 and "float" in scheme.method
+    if q.format != scheme.format and not fp8_in_ct:
+        return False
+    used = scheme.details.get("bits_used") if isinstance(scheme.details, dict) else None
+    if q.bits is not None and q.bits != scheme.bits and not (isinstance(used, list) and q.bits in used):
+        return False
+    if q.format in ("mlx", "bitsandbytes") and q.name in ("nf4", "fp4", "int8", *_MICRO) and q.name not in scheme.method.split("+"):
+        return False  # the table names a method (nf4, mxfp4 ...) and the files use another one of the same width
+    return not (q.group_size and scheme.group_size and q.group_size != scheme.group_size)
+
+
+def format_findings(row: Row, roots: dict[tuple[str, str], Path], path: str | None) -> list[Finding]:
+    """QUANT011: the format and bits a row states against what its local files are (headers and config.json only).
+
+    Rows of files and branches tables whose repo and revision have a local directory (:func:`local_roots`); a
+    GGUF's type is its ``general.file_type``, a directory's format and bits what :func:`release.weights.quant.recognise`
+    (``verify``'s recognition) makes of its config.json and tensor names. Files that cannot be read: QUANT010 (info).
+    """
+    t = row.target
+    if row.shape not in ("files", "branches") or t is None or t.kind == "repo" or row.placeholder is not None:
+        return []
+    root = roots.get((t.repo, t.revision))
+    q = row_quant(row)
+    if root is None or q is None:  # not local; or the label does not parse (QUANT002 says so)
+        return []
+    selected = _resolve_files(row, local_listing({t.repo: root})(t.repo, t.revision) or {})
+    if not selected:
+        return []  # QUANT004 says so
+    where = f"'{row.label}'"
+    stated = f"{FORMATS.get(q.format, q.format)} {q.name}"
+    ggufs = sorted(p for p in selected if p.endswith(".gguf"))
+    try:
+        if ggufs:
+            actual = gguf_file_type(root / ggufs[0])
+            if q.format == "gguf" and _gguf_same(q.name, actual):
+                return []
+            return [_f("QUANT011", "error", f"variant {where}: the table says {stated} but {ggufs[0]} is a GGUF of type "
+                                            f"{actual} (general.file_type)", path, row, stated=stated, actual=f"GGUF {actual}")]
+        folder = _weights_dir(selected)
+        if folder is None:
+            return []  # no safetensors (pickles, EXL2 only ...): nothing recognition reads
+        from release.weights.quant import detect
+
+        found = detect(root / folder if folder else root)
+    except InputError as e:
+        declared = _declared_method(root / (_weights_dir(selected) or "")) if not ggufs else None
+        if declared is not None and declared == q.format:
+            return []  # a format verify does not read (EXL2 ...), declared as the table says
+        return [_f("QUANT010", "info", f"variant {where}: format and bits not compared with its files: {e.message}", path, row)]
+    shown = (folder or root.name) + "/"
+    if found is None:
+        if q.format == "hf":
+            return []
+        return [_f("QUANT011", "error", f"variant {where}: the table says {stated} but {shown} is not quantized "
+                                        "(config.json declares no quantization and no tensor is stored quantized)",
+                   path, row, stated=stated, actual="not quantized")]
+    scheme = found[1]
+    if q.format != "hf" and _scheme_agrees(q, scheme):
+        return []
+    return [_f("QUANT011", "error", f"variant {where}: the table says {stated} but {shown} holds {_scheme_text(scheme)} "
+                                    "(config.json and tensor names, as verify reads them)", path, row,
+               stated=stated, actual=scheme.label)]
+
+
+def _declared_method(model_dir: Path) -> str | None:
+    """config.json's declared quant_method (lower case), or None."""
+    from gemma_ref.config import read_config_json
+    from release.weights.quant import quantization_declared
+
+    try:
+        config, _ = read_config_json(model_dir)
+    except InputError:
+        return None
+    declared = quantization_declared(config)
+    method = declared.get("quant_method") if declared else None
+    return method.lower() if isinstance(method, str) else None
+
+
 def local_listing(dirs: dict[str, Path]) -> Listing:
     """Listing from local directories standing in for repos (any revision)."""
 
@@ -601,60 +795,140 @@ def _variant_files(v, files: dict[str, int]) -> list[str]:  # noqa: ANN001 - rel
     return sorted(p for p in files if p.endswith(WEIGHT_SUFFIXES))
 
 
-# --- measured fidelity (verify X.gguf --against M) ----------------------------------------------------
+# --- measured fidelity (verify VARIANT --against M, variants fidelity) -----------------------------------
 
 FIDELITY_HEADER = "Fidelity (mean KL, top-1)"
 NOT_MEASURED = "not measured"
+REPORT_KINDS = ("gguf", "quant")  # verify's report kinds that measure a variant against its original
 
 
 @dataclass(frozen=True)
 class Fidelity:
-    """One GGUF's measured fidelity, read from `gemma-release verify X.gguf --against M --json` output."""
+    """One variant's measured fidelity, read from a `verify VARIANT --against M --json` report.
 
-    file: str  # the GGUF's file name: how a result finds its table row
-    quant: str
+    A GGUF's report (kind "gguf") names the file; a quantized directory's (kind "quant") names the directory.
+    ``variants fidelity`` writes the same reports.
+    """
+
+    file: str  # the GGUF's file name or the variant directory's name: how a result finds its table row
+    quant: str  # the quant label: Q4_K_M, "mlx affine 4-bit g64"
     mean_kl: float  # mean KL(original || variant) over every position, nats
     top1: float  # top-1 agreement over every position
     ok: bool  # the verdict of that run
     source: Path  # the JSON report it came from
+    kind: str = "gguf"  # "gguf" | "quant"
+    path: str | None = None  # the variant's path as verify saw it
+    format: str | None = None  # "gguf", or the quantized format (mlx, gptq, ...)
+    bits_per_weight: float | None = None  # of the quantized tensors (stored bytes * 8 / weights)
+    bytes: int | None = None  # the variant's files on disk
 
     def cell(self) -> str:
         return f"{self.mean_kl:.2g} nats, {self.top1:.1%}" + ("" if self.ok else " (fails its bounds)")
 
 
 MAX_REPORT_BYTES = 64 * 1024 * 1024  # verify's reports are a few KB
+MAX_REPORTS = 10_000  # in one --fidelity directory
+
+
+def report_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The report files: each path as given, a directory standing for the ``*.json`` directly in it (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.glob("*.json") if not q.name.startswith("."))
+            if not found:
+                raise InputError("no fidelity report (*.json) in this directory", path=p,
+                                 hint="write them with `gemma-release variants fidelity RELEASE_DIR --out-dir DIR`")
+            if len(found) > MAX_REPORTS:
+                raise InputError(f"{len(found)} *.json files: more than {MAX_REPORTS} reports", path=p)
+            out += found
+        else:
+            out.append(p)
+    return out
 
 
 def load_fidelity(paths: Iterable[str | os.PathLike]) -> dict[str, Fidelity]:
-    """File name -> Fidelity from verify's JSON reports; InputError for anything else (or two reports of one file)."""
+    """File or directory name -> Fidelity from verify's JSON reports (GGUF and quantized variants; a directory
+    argument stands for its ``*.json``); InputError for anything else, or two reports of one variant."""
     found: dict[str, Fidelity] = {}
-    for p in map(Path, paths):
+    for p in report_paths(paths):
         if not p.exists():
             raise InputError("fidelity report not found", path=p)
         text = read_text_file(p, MAX_REPORT_BYTES, "fidelity report")  # a FIFO is refused, never opened
         try:
             data = json.loads(text)
-            if data.get("kind") != "gguf":
-                raise ValueError("not the report of `verify X.gguf --against MODEL_DIR`")
-            f = Fidelity(file=str(data["variant"]["file"]), quant=str(data["variant"].get("quant") or ""),
-                         mean_kl=float(data["overall"]["mean_kl"]), top1=float(data["overall"]["top1_agreement"]),
-                         ok=bool(data["ok"]), source=p)
+            kind = data.get("kind")
+            if kind not in REPORT_KINDS:
+                raise ValueError("not the report of `verify VARIANT --against MODEL_DIR` (a .gguf or a quantized directory)")
+            v, overall = data["variant"], data["overall"]
+            bpw = v.get("bits_per_weight")
+            f = Fidelity(file=str(v["file"]), quant=str(v.get("quant") or ""),
+                         mean_kl=float(overall["mean_kl"]), top1=float(overall["top1_agreement"]),
+                         ok=bool(data["ok"]), source=p, kind=kind, path=str(v["path"]) if v.get("path") else None,
+                         format="gguf" if kind == "gguf" else str(v.get("format") or "") or None,
+                         bits_per_weight=float(bpw) if isinstance(bpw, (int, float)) else None,
+                         bytes=int(v["bytes"]) if isinstance(v.get("bytes"), int) else None)
+            if not (f.file and f.file == Path(f.file).name):
+                raise ValueError(f"variant.file {f.file!r} is not a file or directory name")
         except FileNotFoundError:
             raise InputError("fidelity report not found", path=p) from None
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise InputError(f"not a GGUF fidelity report ({type(e).__name__}: {e})", path=p,
-                             hint="make one with `gemma-release verify X.gguf --against MODEL_DIR --out X.json`") from None
+            raise InputError(f"not a GGUF fidelity report, nor a quantized variant's ({type(e).__name__}: {e})", path=p,
+                             hint="make one with `gemma-release verify VARIANT --against MODEL_DIR --out X.json` "
+                                  "(VARIANT a .gguf or a quantized directory), or `gemma-release variants fidelity`") from None
         if f.file in found:
             raise InputError(f"two fidelity reports for {f.file} ({found[f.file].source} and {p})", path=p)
         found[f.file] = f
     return found
 
 
+def variant_root(v, cfg) -> Path | None:  # noqa: ANN001 - release_yaml.Variant, ReleaseConfig
+    """Where a variant's files are on disk: its local_dir, or the release directory for a file in the release's own
+    repo (a branch of the own repo without a local_dir has no local copy: the directory holds the main branch)."""
+    if v.local_dir is not None:
+        return v.local_dir
+    if v.repo == cfg.repo and (v.file or v.shards) and v.revision == cfg.revision:
+        return cfg.root
+    return None
+
+
+def _weights_dir(chosen: list[str]) -> str | None:
+    """The folder (repo-relative, "" for the root) holding a directory variant's safetensors; None for a GGUF."""
+    if any(p.endswith(".gguf") for p in chosen):
+        return None
+    folders = {p.rpartition("/")[0] for p in chosen if p.endswith(".safetensors")}
+    return folders.pop() if len(folders) == 1 else None
+
+
+def _fidelity_for(v, cfg, chosen: list[str], fidelity: dict[str, Fidelity]) -> Fidelity | None:  # noqa: ANN001
+    """The measurement of one variant: a GGUF's by file name; a directory variant's by its path (as verify saw it),
+    else by the name of its folder, local_dir or repo."""
+    for name in (p.rsplit("/", 1)[-1] for p in chosen):
+        hit = fidelity.get(name)
+        if hit is not None and hit.kind == "gguf":
+            return hit
+    folder = _weights_dir(chosen)
+    if folder is None:
+        return None
+    root = variant_root(v, cfg)
+    where = (root / folder).resolve() if root is not None else None
+    if where is not None:
+        for f in fidelity.values():
+            if f.kind == "quant" and f.path and Path(f.path).resolve() == where:
+                return f
+    names = [folder.rsplit("/", 1)[-1]] if folder else []
+    if not folder and v.local_dir is not None:
+        names.append(v.local_dir.name)
+    names.append(v.repo.rsplit("/", 1)[-1])
+    return next((fidelity[n] for n in names if n in fidelity and fidelity[n].kind == "quant"), None)
+
+
 def generate_table(cfg, listing: Listing, fidelity: dict[str, Fidelity] | None = None) -> str:  # noqa: ANN001
     """The Markdown table of ``cfg.variants`` (a release_yaml.ReleaseConfig) with real sizes.
 
-    With ``fidelity`` (file name -> measurement) a fidelity column is added; rows without a
-    measurement say "not measured". InputError for a missing variant or an unmatched measurement.
+    With ``fidelity`` (:func:`load_fidelity`) a fidelity column is added, each report matched to its row by
+    :func:`_fidelity_for`; rows without a measurement say "not measured". InputError for a missing variant or
+    a measurement that matches no row.
     """
     header, rule = "| Name | Format | Quant type | Size | Description |", "| ---- | ------ | ---------- | ---- | ----------- |"
     if fidelity is not None:
@@ -686,14 +960,15 @@ def generate_table(cfg, listing: Listing, fidelity: dict[str, Fidelity] | None =
         size = format_size(sum(files[p] for p in chosen))
         row = f"| {link} | {FORMATS[v.format]} | {q.name} | {size} | {desc} |"
         if fidelity is not None:
-            hit = next((fidelity[n] for n in (p.rsplit("/", 1)[-1] for p in chosen) if n in fidelity), None)
+            hit = _fidelity_for(v, cfg, chosen, fidelity)
             row += f" {hit.cell() if hit else NOT_MEASURED} |"  # never invented: no report, no number
             used.update({hit.file} if hit else ())
         lines.append(row)
     unmatched = sorted(set(fidelity or ()) - used)
     if unmatched:
         f = fidelity[unmatched[0]]  # type: ignore[index]
-        raise InputError(f"fidelity report for {f.file} matches no variant file in release.yaml", path=f.source)
+        what = "variant file" if f.kind == "gguf" else "variant directory"
+        raise InputError(f"fidelity report for {f.file} matches no {what} in release.yaml", path=f.source)
     return "\n".join(lines) + "\n"
 
 
@@ -799,6 +1074,57 @@ _QUANT_TEXT = re.compile(
 _ADAPTER_LIBS = {"peft"}
 
 
+def _tensor_names(files: Iterable[Path]) -> set[str]:
+    """Tensor names from safetensors headers (no tensor data); files that are absent or unreadable add nothing.
+
+    A published repo's weights are listed, not downloaded (``card check --repo``), so their files may not be here.
+    """
+    import stat
+
+    from gemma_ref.weights import read_headers
+    from release.weights.golden import sniff_golden
+
+    names: set[str] = set()
+    for f in files:
+        try:
+            if stat.S_ISREG(f.stat().st_mode) and not sniff_golden(f):  # a FIFO would block the reader
+                names |= set(read_headers([f]))
+        except (InputError, OSError, ValueError):
+            continue
+    return names
+
+
+def quantization_evidence(config_text: str | None, weights: Iterable[Path] = ()) -> str | None:
+    """Why config.json and the safetensors headers make a checkpoint quantized, or None: verify's own recognition.
+
+    :func:`release.weights.quant.recognise` decides, as it does for ``verify VARIANT --against``: a format it reads
+    (MLX's ``quantization``, a ``quantization_config`` of bitsandbytes, GPTQ, AWQ, compressed-tensors, FP8), a
+    quantization it does not read but config.json declares (EXL2, HQQ ...), or tensors only quantized checkpoints
+    have (``.qweight``, ``.scales``, ``.SCB`` ...) under a config that declares nothing.
+    """
+    from release.weights.quant import QUANT_SUFFIXES, quantization_declared, recognise
+
+    try:
+        config = json.loads(config_text or "")
+    except ValueError:
+        return None
+    if not isinstance(config, dict):
+        return None
+    names = _tensor_names(weights)
+    try:
+        found = recognise(config, names)
+    except InputError:
+        declared = quantization_declared(config)
+        if declared is not None:
+            method = declared.get("quant_method")
+            return f"config.json declares quantization{f' ({method})' if method else ''}"
+        odd = sorted(n for n in names if n.endswith(QUANT_SUFFIXES))
+        return f"its tensors are stored quantized ({odd[0]}{' …' if len(odd) > 1 else ''})" if odd else None
+    if found is None:
+        return None
+    return f"config.json and the tensors are {found[1].label}"
+
+
 def quantized_because(card_text: str, card_dir: Path, cfg, release_set=None, repo_id: str | None = None) -> str | None:  # noqa: ANN001
     """Why this release is a quantized variant (GGUF, bitsandbytes, AWQ, GPTQ, FP8, EXL2, MLX, ...), or None.
 
@@ -813,6 +1139,7 @@ def quantized_because(card_text: str, card_dir: Path, cfg, release_set=None, rep
         if files:
             return f"the release holds {files[0].path}"
         raw = release_set.read_text("config.json", 1_000_000)
+        weights = [f.local for f in release_set.top_level() if f.path.endswith(".safetensors")]
     else:
         if any(card_dir.glob("*.gguf")):
             return "the directory holds .gguf files"
@@ -823,15 +1150,10 @@ def quantized_because(card_text: str, card_dir: Path, cfg, release_set=None, rep
                 raw = config.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
                 raw = None
-    if raw:
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            data = None
-        qc = data.get("quantization_config") if isinstance(data, dict) else None
-        if isinstance(data, dict) and "quantization_config" in data:
-            method = qc.get("quant_method") if isinstance(qc, dict) else None
-            return f"config.json has quantization_config{f' ({method})' if method else ''}"
+        weights = sorted(card_dir.glob("*.safetensors")) if raw else []
+    why = quantization_evidence(raw, weights) if raw else None
+    if why:
+        return why
     meta, _ = _metadata(card_text)
     if str(meta.get("library_name") or "").lower() in _ADAPTER_LIBS:
         return None  # an adapter (trained with QLoRA or not) is not a quantized copy of the base
@@ -922,10 +1244,12 @@ def check_variants(card_path_or_dir: Path | str, release_cfg=None, hub: object =
     for row in rows:
         findings.extend(static_findings(row, path))
     listing = listing_for(release_cfg, hub, card.parent, release_set)
+    roots = local_roots(release_cfg, card.parent)
     unchecked = 0
     for row in rows:
         if row.target is None or row.placeholder is not None:
             continue
+        findings.extend(format_findings(row, roots, path))  # local files only, whatever the Hub access
         if listing is None or (hub is None and not _is_local(row, release_cfg)):
             unchecked += 1
             continue

@@ -142,8 +142,14 @@ def verify_gguf(
     max_kl: float | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     norm_plus_one: bool = True,
+    reference: Reference | None = None,
 ) -> VerifyReport:
-    """Compare a GGUF variant's logits with its original's on ``prompts``; every problem in the report."""
+    """Compare a GGUF variant's logits with its original's on ``prompts``; every problem in the report.
+
+    ``reference``: the original's logits computed beforehand (``variants fidelity`` runs the original once for all
+    variants), ``reference(rows)`` giving one golden prompt per prompt over ids 0..rows-1; the original is then
+    not run here. Its prompts must be ``prompts`` (their ids), else RuntimeError.
+    """
     from gemma_ref.config import load_config
     from gemma_ref.model import forward, validate_ids
     from gemma_ref.weights import Weights
@@ -163,6 +169,7 @@ def verify_gguf(
         specs = resolve_prompts(prompts, model_dir)
         sequences = [validate_ids(p.ids, cfg.vocab_size, cfg.max_position_embeddings) for p in specs]
         info = variant.describe()
+        info["bits_per_weight"] = bits_per_weight(variant)
         tol = gguf_tolerance(info["quant"], max_mean_kl, min_top1, max_kl)
         report = VerifyReport(model=str(gguf_path), golden=str(model_dir), golden_producer="gemma_ref on the original",
                               storage="full", tolerance=tol, kind="gguf", variant=info)
@@ -171,7 +178,7 @@ def verify_gguf(
         original = Weights(model_dir, cfg, check=True)
         try:
             report.findings += norm_findings(variant, original, str(gguf_path))
-            reference = forward(original, cfg, sequences, _step(progress, "original"))
+            logits = None if reference is not None else forward(original, cfg, sequences, _step(progress, "original"))
         finally:
             original.close()
         ours = forward(variant, cfg, sequences, _step(progress, f"GGUF ({info['quant']})"))
@@ -179,13 +186,49 @@ def verify_gguf(
     finally:
         variant.close()
 
-    for spec, ids, ref, var in zip(specs, sequences, reference, ours):
-        # Only the ids both hold are compared (Gemma 3 GGUFs drop the padding rows of the vocabulary).
-        res = compare_prompt(var[:, :rows], GoldenPrompt(spec.name, ids, logits=ref[:, :rows]), tol)
+    # Only the ids both hold are compared (Gemma 3 GGUFs drop the padding rows of the vocabulary).
+    goldens = reference_prompts(specs, sequences, logits, reference, rows)
+    report.storage = storage_of(goldens)
+    for golden, var in zip(goldens, ours):
+        res = compare_prompt(var[:, :rows], golden, tol)
         report.prompts.append(res)
         report.findings += prompt_findings(res, tol, str(gguf_path))
     report.findings += overall_findings(report, str(gguf_path))
     return report
+
+
+#: ``reference(rows)``: the original's logits over ids 0..rows-1, one golden prompt (full rows, or top-k + log-sum-exp)
+#: per prompt, computed beforehand (release.weights.fidelity).
+Reference = Callable[[int], "list[GoldenPrompt]"]
+
+
+def reference_prompts(specs: list[PromptSpec], sequences: list[np.ndarray], logits: list[np.ndarray] | None,
+                      reference: Reference | None, rows: int) -> list[GoldenPrompt]:
+    """The golden side of the comparison: the original's logits just computed (``logits``) cut to ``rows`` ids, or
+    the precomputed ``reference(rows)``, checked to hold the prompts that were run."""
+    if reference is None:
+        assert logits is not None
+        return [GoldenPrompt(s.name, ids, logits=lg[:, :rows]) for s, ids, lg in zip(specs, sequences, logits)]
+    goldens = reference(rows)
+    if len(goldens) != len(sequences) or any(not np.array_equal(g.ids, ids) for g, ids in zip(goldens, sequences)):
+        raise RuntimeError("the precomputed reference logits are for other prompts than the ones run")
+    return goldens
+
+
+def storage_of(goldens: list[GoldenPrompt]) -> str:
+    """The report's ``storage``, as a golden file's: "full", or "topk" when the reference keeps the top k only."""
+    return "full" if not goldens or goldens[0].logits is not None else "topk"
+
+
+def bits_per_weight(variant) -> float | None:  # noqa: ANN001 - GGUFWeights
+    """Stored bits per weight of the text model's quantized tensors (types other than F32/F16/BF16), as
+    :func:`release.weights.quant.weights.describe` counts them for a quantized directory; for an all-float
+    file, of its matrices. From the tensor headers; no data read."""
+    tensors = [variant.tensors[n] for n in set(variant.names.values()) if n in variant.tensors]
+    quantized = [t for t in tensors if t.tensor_type.name not in _FLOATS]
+    chosen = quantized or [t for t in tensors if len(t.shape) >= 2]
+    weights = sum(int(t.n_elements) for t in chosen)
+    return round(sum(int(t.n_bytes) for t in chosen) * 8 / weights, 4) if weights else None
 
 
 def _step(progress: Callable[[str, int, int], None] | None, what: str) -> Callable[[int, int], None] | None:

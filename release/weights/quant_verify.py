@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from release.errors import InputError
-from release.weights.gguf_verify import BOUNDS, _step, resolve_prompts
-from release.weights.golden import GoldenPrompt, PromptSpec
+from release.weights.gguf_verify import BOUNDS, Reference, _step, reference_prompts, resolve_prompts, storage_of
+from release.weights.golden import PromptSpec
 from release.weights.quant.base import Scheme
 from release.weights.verify import (
     Tolerance,
@@ -70,8 +70,13 @@ def verify_quant(
     min_top1: float | None = None,
     max_kl: float | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    reference: Reference | None = None,
 ) -> VerifyReport:
-    """Compare a quantized variant's logits with its original's on ``prompts``; every problem in the report."""
+    """Compare a quantized variant's logits with its original's on ``prompts``; every problem in the report.
+
+    ``reference``: the original's logits computed beforehand, as for :func:`release.weights.gguf_verify.verify_gguf`
+    (``reference(vocab_size)``); the original is then not run here.
+    """
     from gemma_ref.config import load_config
     from gemma_ref.model import forward, validate_ids
     from gemma_ref.weights import Weights
@@ -99,17 +104,21 @@ def verify_quant(
         report = VerifyReport(model=str(variant_dir), golden=str(original_dir), golden_producer="gemma_ref on the original",
                               storage="full", tolerance=tol, kind="quant", variant=info)
         report.findings += variant.findings
-        original = Weights(original_dir, cfg, check=True)
-        try:
-            reference = forward(original, cfg, sequences, _step(progress, "original"))
-        finally:
-            original.close()
+        logits = None
+        if reference is None:
+            original = Weights(original_dir, cfg, check=True)
+            try:
+                logits = forward(original, cfg, sequences, _step(progress, "original"))
+            finally:
+                original.close()
         ours = forward(variant, cfg, sequences, _step(progress, scheme.label))
     finally:
         variant.close()
 
-    for spec, ids, ref, var in zip(specs, sequences, reference, ours):
-        res = compare_prompt(var, GoldenPrompt(spec.name, ids, logits=ref), tol)
+    goldens = reference_prompts(specs, sequences, logits, reference, cfg.vocab_size)
+    report.storage = storage_of(goldens)
+    for golden, var in zip(goldens, ours):
+        res = compare_prompt(var, golden, tol)
         report.prompts.append(res)
         report.findings += prompt_findings(res, tol, str(variant_dir))
     report.findings += overall_findings(report, str(variant_dir))
