@@ -63,6 +63,9 @@ def test_bounds_follow_the_bits_with_int8_looser():
     for bits in (2, 3, 4, 5, 6, 8):
         assert quant_family(Scheme("mlx", "affine", bits, 64)) == f"{bits}-bit"
     assert quant_family(Scheme("bitsandbytes", "int8", 8, None)) == "6-bit"
+    for fmt, method in (("compressed-tensors", "float-quantized"), ("fp8", "fbgemm_fp8"), ("fp8", "fp8-block"), ("mlx", "mxfp8")):
+        assert quant_family(Scheme(fmt, method, 8, None)) == "6-bit"  # FP8's 3-bit mantissa: not Q8_0's grid
+    assert quant_family(Scheme("compressed-tensors", "pack-quantized", 8, 128)) == "8-bit"
     t = quant_tolerance(Scheme("mlx", "affine", 4, 64), max_kl=0.5)
     assert (t.atol, t.max_mean_kl, t.min_overall_top1, t.max_kl) == (None, *BOUNDS["4-bit"], 0.5)
     with pytest.raises(InputError, match="--max-mean-kl"):
