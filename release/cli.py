@@ -337,28 +337,23 @@ def verify(
     """Check a checkpoint against a golden file, or a GGUF / quantized variant against its original. Exit 0 pass, 1 fail, 2 bad input."""
     from release.weights.verify import Tolerance, render_report, verify_model, write_report_json
 
-    if model is not None and model.suffix.lower() == ".gguf":
-        from release.weights.gguf_verify import verify_gguf
+    is_gguf = model is not None and model.suffix.lower() == ".gguf"
+    if is_gguf or (model is not None and against is not None):  # a lossy variant (GGUF, or MLX/bnb/GPTQ ... dir)
         from release.weights.prompts import select_prompts
 
+        what = "a .gguf variant" if is_gguf else "a quantized variant"
         if against is None or golden_file is not None or repo is not None:
-            raise typer.BadParameter("a .gguf variant is compared with its original: give --against MODEL_DIR (not --golden or --repo)")
+            raise typer.BadParameter(f"{what} is compared with its original: give --against MODEL_DIR (not --golden or --repo)")
         if atol is not None:
-            raise typer.BadParameter("--atol does not apply to a .gguf (lossy variants are judged by --max-mean-kl, --min-top1, --max-kl)")
+            raise typer.BadParameter(f"--atol does not apply to {what} (lossy variants are judged by --max-mean-kl, "
+                                     "--min-top1, --max-kl)")
+        if is_gguf:
+            from release.weights.gguf_verify import verify_gguf as measure
+        else:
+            from release.weights.quant_verify import verify_quant as measure
         with _progress() as bar:
-            report = verify_gguf(model, against, select_prompts(ids, prompts), max_mean_kl, min_top1, max_kl,
-                                 _progress_callback(bar))
-    elif model is not None and against is not None:  # a quantized directory (MLX, bitsandbytes, GPTQ ...) vs its original
-        from release.weights.prompts import select_prompts
-        from release.weights.quant_verify import verify_quant
-
-        if golden_file is not None or repo is not None:
-            raise typer.BadParameter("a quantized variant is compared with its original: give --against MODEL_DIR (not --golden or --repo)")
-        if atol is not None:
-            raise typer.BadParameter("--atol does not apply to a quantized variant (judged by --max-mean-kl, --min-top1, --max-kl)")
-        with _progress() as bar:
-            report = verify_quant(model, against, select_prompts(ids, prompts), max_mean_kl, min_top1, max_kl,
-                                  _progress_callback(bar))
+            report = measure(model, against, select_prompts(ids, prompts), max_mean_kl, min_top1, max_kl,
+                             _progress_callback(bar))
     else:
         if model is not None:
             _refuse_quantized(model)
