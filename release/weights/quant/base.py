@@ -70,3 +70,17 @@ class Format(Protocol):
 
     # optional:
     # def validate(self, scheme: Scheme, module: str, get: Getter, shape: tuple[int, int]) -> list[str]: ...
+
+
+def problems_of(check: Callable[[], object], missing: Callable[[str], str]) -> list[str]:
+    """A format's ``validate``: run `check` (reads headers and small states only) and turn what it raises into
+    messages; a KeyError is a missing tensor, described by ``missing(name)``. Empty: the module will dequantize."""
+    from release.errors import InputError
+
+    try:
+        check()
+    except KeyError as e:
+        return [missing(e.args[0])]
+    except InputError as e:
+        return [e.message]
+    return []

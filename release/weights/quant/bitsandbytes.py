@@ -56,7 +56,7 @@ import ml_dtypes
 import numpy as np
 
 from release.errors import InputError
-from release.weights.quant.base import Getter, Scheme
+from release.weights.quant.base import Getter, Scheme, problems_of
 
 NAME = "bitsandbytes"
 
@@ -206,16 +206,9 @@ def _int8_check(module: str, get: Getter, shape: tuple[int, int]) -> None:
 
 def validate(scheme: Scheme, module: str, get: Getter, shape: tuple[int, int]) -> list[str]:
     """Structure problems of one module (headers and the small quant_state only)."""
-    try:
-        if scheme.method == "int8":
-            _int8_check(module, get, shape)
-        else:
-            quant_state(scheme, module, get, shape)
-    except KeyError as e:
-        return [f"tensor {e.args[0]} is missing (bitsandbytes {scheme.method} module {module})"]
-    except InputError as e:
-        return [e.message]
-    return []
+    check = _int8_check if scheme.method == "int8" else (lambda m, g, sh: quant_state(scheme, m, g, sh))
+    return problems_of(lambda: check(module, get, shape),
+                       lambda name: f"tensor {name} is missing (bitsandbytes {scheme.method} module {module})")
 
 
 # --- dequantizing ---------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ import ml_dtypes
 import numpy as np
 
 from release.errors import InputError
-from release.weights.quant.base import Getter, Scheme
+from release.weights.quant.base import Getter, Scheme, problems_of
 
 NAME = "mlx"
 
@@ -186,13 +186,8 @@ def module_params(scheme: Scheme, module: str, get: Getter, shape: tuple[int, in
 
 def validate(scheme: Scheme, module: str, get: Getter, shape: tuple[int, int]) -> list[str]:
     """Structure problems of one module, read from its tensors' headers only (empty: it will dequantize)."""
-    try:
-        module_params(scheme, module, get, shape)
-    except KeyError as e:
-        return [f"tensor {e.args[0]} is missing (MLX {module} has scales, so it is quantized)"]
-    except InputError as e:
-        return [e.message]
-    return []
+    return problems_of(lambda: module_params(scheme, module, get, shape),
+                       lambda name: f"tensor {name} is missing (MLX {module} has scales, so it is quantized)")
 
 
 # --- dequantizing ---------------------------------------------------------------------------------------
