@@ -41,8 +41,9 @@ class Bug:
     what: str  # what the buggy port does
     applies: Callable[[GemmaConfig], bool]  # the config has the feature the bug gets wrong
     edit_config: Callable[[GemmaConfig], GemmaConfig] | None = None
-    patch: Patch | None = None  # model functions to wrap: name -> (original -> replacement)
+    patch: Patch | None = None  # model functions to wrap: name -> (original -> replacement); "vision.f": vision.py's
     drops_bos: bool = False  # bos_missing: the ids change, not the model
+    vision: Callable[[Any], bool] | None = None  # an image-path bug: applies to a vision.VisionConfig, not the text
 
 
 class _Override:
@@ -123,8 +124,8 @@ def _cos_sin_interleaved(orig: Callable) -> Callable:
 
 
 def _attend_head_dim_scale(orig: Callable) -> Callable:
-    def attend(q, k, v, positions, window, cfg):
-        return orig(q, k, v, positions, window, R(cfg, query_pre_attn_scalar=float(q.shape[-1])))  # Hd**-0.5, not 1
+    def attend(q, k, v, positions, window, cfg, *rest):
+        return orig(q, k, v, positions, window, R(cfg, query_pre_attn_scalar=float(q.shape[-1])), *rest)  # Hd**-0.5, not 1
     return attend
 
 
@@ -159,24 +160,25 @@ def _inv_freq_partial(orig: Callable) -> Callable:
 
 
 def _block_layer_scalar_one(orig: Callable) -> Callable:
-    def gemma4_block(h, w, cfg, spec, positions, ple=None, cache=None, shared=None):
-        return orig(h, _Override(w, layer_scalar=np.ones_like(w["layer_scalar"])), cfg, spec, positions, ple, cache, shared)
+    def gemma4_block(h, w, cfg, spec, positions, ple=None, cache=None, shared=None, blocks=None):
+        return orig(h, _Override(w, layer_scalar=np.ones_like(w["layer_scalar"])), cfg, spec, positions, ple, cache, shared,
+                    blocks)
     return gemma4_block
 
 
 def _block_no_ple(orig: Callable) -> Callable:
-    def gemma4_block(h, w, cfg, spec, positions, ple=None, cache=None, shared=None):
-        return orig(h, w, cfg, spec, positions, None, cache, shared)
+    def gemma4_block(h, w, cfg, spec, positions, ple=None, cache=None, shared=None, blocks=None):
+        return orig(h, w, cfg, spec, positions, None, cache, shared, blocks)
     return gemma4_block
 
 
 def _block_no_kv_sharing(orig: Callable) -> Callable:
-    def gemma4_block(h, w, cfg, spec, positions, ple=None, cache=None, shared=None):
+    def gemma4_block(h, w, cfg, spec, positions, ple=None, cache=None, shared=None, blocks=None):
         if spec.kv_source is None:
-            return orig(h, w, cfg, spec, positions, ple, cache, shared)
+            return orig(h, w, cfg, spec, positions, ple, cache, shared, blocks)
         if "self_attn.k_proj.weight" not in w:
             raise KeyError("the KV-shared layers have no K/V projections of their own in this checkpoint")
-        return orig(h, w, cfg, R(spec, kv_source=None), positions, ple, None, None)  # own K/V from leftover tensors
+        return orig(h, w, cfg, R(spec, kv_source=None), positions, ple, None, None, blocks)  # own K/V from leftover tensors
     return gemma4_block
 
 
@@ -258,6 +260,142 @@ BUGS: dict[str, Bug] = {b.id: b for b in [
 ]}
 
 
+# --- the image path (vision.py): each applies when the checkpoint's vision tower has the feature ---------------
+
+
+def _vision_tokens_all_layers(orig: Callable) -> Callable:
+    def prompt_image_tokens(ids, images, tw, observe=None):
+        t = orig(ids, images, tw, observe)
+        return dataclasses.replace(t, blocks=V().image_blocks(ids, tw.vc), block_layers="all")  # Gemma 3's mask
+    return prompt_image_tokens
+
+
+def _scaled_soft_tokens(orig: Callable) -> Callable:
+    def merge_images(h, images):
+        if images is None:
+            return orig(h, images)
+        return orig(h, dataclasses.replace(images, values=images.values * f32(np.sqrt(h.shape[1]))))  # like text
+    return merge_images
+
+
+def _pool_consecutive(orig: Callable) -> Callable:
+    def gemma3_project(h, tw):
+        vc, v = tw.vc, V()
+        pooled = h.reshape(vc.mm_tokens_per_image, -1, h.shape[1]).mean(axis=1, dtype=f32)  # runs of k*k, not squares
+        normed = v.rms_norm(pooled, np.asarray(tw.projector("mm_soft_emb_norm.weight"), dtype=f32), vc.eps)
+        return v.linear(normed, tw.projector("mm_input_projection_weight").T)
+    return gemma3_project
+
+
+def _patches_hwc(orig: Callable) -> Callable:
+    def siglip_embed(px, tw):
+        p = tw.vc.patch_size
+        g = px.shape[1] // p
+        wrong = px.reshape(3, g, p, g, p).transpose(1, 3, 2, 4, 0).reshape(g * g, 3, p, p)  # (kh, kw, c) read as (c, kh, kw)
+        return orig(wrong.reshape(g, g, 3, p, p).transpose(2, 0, 3, 1, 4).reshape(3, g * p, g * p), tw)
+    return siglip_embed
+
+
+def _imagenet_norm(orig: Callable) -> Callable:
+    def rescale_normalize(img, pp):
+        return orig(img, dataclasses.replace(pp, image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225)))
+    return rescale_normalize
+
+
+def _resize_no_antialias(orig: Callable) -> Callable:
+    return lambda n_in, n_out, resample: orig(n_in, n_out, resample, antialias=False)
+
+
+def _other_filter(orig: Callable) -> Callable:
+    return lambda img, h, w, resample: orig(img, h, w, 5 - resample)  # bilinear <-> bicubic (2 <-> 3)
+
+
+def _rope_xy_swapped(orig: Callable) -> Callable:
+    return lambda positions, vc: orig(positions[:, ::-1], vc)
+
+
+def _no_pixel_shift(orig: Callable) -> Callable:
+    return lambda patches, positions, tw: orig(patches * f32(0.5) + f32(0.5), positions, tw)  # the tower sees x, not 2x-1
+
+
+def _clamps_ignored(orig: Callable) -> Callable:
+    return lambda x, w, name, clipped: orig(x, w, name, False)
+
+
+class _WithConfig:
+    """TowerWeights with another VisionConfig (the tensors unchanged)."""
+
+    def __init__(self, tw: Any, **changes: Any):
+        self._tw, self.vc = tw, dataclasses.replace(tw.vc, **changes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tw, name)
+
+
+def _no_standardize(orig: Callable) -> Callable:
+    return lambda patches, positions, tw, observe=None: orig(patches, positions, _WithConfig(tw, standardize=False), observe)
+
+
+def _pool_unscaled(orig: Callable) -> Callable:
+    return lambda h, positions, vc: orig(h, positions, vc) / f32(np.sqrt(vc.hidden_size))
+
+
+def _ple_at_image_id(orig: Callable) -> Callable:
+    return lambda ids, images: ids  # the image id itself looked up (its embedding row is replaced; its PLE row is not)
+
+
+def V():  # noqa: N802  (the vision module, imported on first use: model.py never needs it)
+    import gemma_ref.vision as vision
+
+    return vision
+
+
+def _g3(vc: Any) -> bool:
+    return vc.family == "gemma3"
+
+
+def _g4(vc: Any) -> bool:
+    return vc.family == "gemma4"
+
+
+BUGS.update({b.id: b for b in [
+    Bug("image_attention_causal", "image tokens attend causally, not to the whole image (no token types passed)",
+        lambda c: True, vision=lambda vc: vc.bidirectional != "none", patch=lambda c: {"layer_blocks": lambda o: (lambda im, t: None)}),
+    Bug("image_mask_every_layer", "Gemma 3's mask on Gemma 4: image blocks bidirectional on full layers too (or on E2B/E4B)",
+        lambda c: True, vision=_g4, patch=lambda c: {"vision.prompt_image_tokens": _vision_tokens_all_layers}),
+    Bug("soft_tokens_scaled", "soft tokens multiplied by sqrt(hidden_size) like token embeddings", lambda c: True,
+        vision=lambda vc: True, patch=lambda c: {"merge_images": _scaled_soft_tokens}),
+    Bug("vision_gelu_exact", "exact (erf) GELU in the vision tower instead of the tanh approximation", lambda c: True,
+        vision=lambda vc: True, patch=lambda c: {"vision.gelu_tanh": _gelu_exact}),
+    Bug("projector_norm_no_plus_one", "the projector's RMSNorm with gain w instead of 1 + w", lambda c: True,
+        vision=_g3, patch=lambda c: {"vision.rms_norm": _norm_gain(0.0)}),
+    Bug("pooling_consecutive", "soft tokens pooled from runs of consecutive patches instead of k x k squares",
+        lambda c: True, vision=_g3, patch=lambda c: {"vision.gemma3_project": _pool_consecutive}),
+    Bug("patch_order_hwc", "patch pixels flattened (kh, kw, c) instead of the conv's (c, kh, kw)", lambda c: True,
+        vision=_g3, patch=lambda c: {"vision.siglip_embed": _patches_hwc}),
+    Bug("imagenet_mean_std", "pixels normalised with ImageNet's mean/std instead of the processor's 0.5/0.5",
+        lambda c: True, vision=lambda vc: vc.preprocess.do_normalize, patch=lambda c: {"vision.rescale_normalize": _imagenet_norm}),
+    Bug("resize_no_antialias", "images shrunk without antialiasing (the filter not widened by the scale)",
+        lambda c: True, vision=lambda vc: True, patch=lambda c: {"vision.resample_weights": _resize_no_antialias}),
+    Bug("resize_other_filter", "images resized bilinear where the processor says bicubic, or the reverse",
+        lambda c: True, vision=lambda vc: True, patch=lambda c: {"vision.pil_resize": _other_filter}),
+    Bug("vision_rope_xy_swapped", "the tower's 2-D RoPE with x and y swapped", lambda c: True, vision=_g4,
+        patch=lambda c: {"vision.vision_rope": _rope_xy_swapped}),
+    Bug("vision_v_norm_missing", "no weightless RMSNorm on the tower's values", lambda c: True, vision=_g4,
+        patch=lambda c: {"vision.value_norm": lambda o: (lambda v, eps: v)}),
+    Bug("pixel_shift_missing", "pixels fed in [0, 1] instead of 2(x - 0.5) in [-1, 1]", lambda c: True, vision=_g4,
+        patch=lambda c: {"vision.gemma4_embed": _no_pixel_shift}),
+    Bug("vision_clamps_ignored", "the clipped linears' input/output clamps ignored (E2B/E4B)", lambda c: True,
+        vision=lambda vc: vc.clipped, patch=lambda c: {"vision.clipped_linear": _clamps_ignored}),
+    Bug("vision_standardize_missing", "the pooled soft tokens not standardized (std_bias, std_scale)", lambda c: True,
+        vision=lambda vc: vc.standardize, patch=lambda c: {"vision.gemma4_tower": _no_standardize}),
+    Bug("pooler_sqrt_missing", "pooled soft tokens not scaled by sqrt(hidden_size) (shows with standardize)",
+        lambda c: True, vision=lambda vc: vc.standardize, patch=lambda c: {"vision.gemma4_pool": _pool_unscaled}),
+    Bug("ple_at_image_id", "per-layer embeddings read at the image token's id instead of the pad id", lambda c: True,
+        vision=_g4, patch=lambda c: {"text_ids": _ple_at_image_id}),
+]})
+
+
 COMPOSING = frozenset({"gemma4_block", "route", "attend"})  # wrappers that call the function they wrap
 
 
@@ -269,9 +407,14 @@ def compatible(a: str, b: str, cfg: GemmaConfig) -> bool:
     return not ((pa & pb) - COMPOSING)
 
 
-def applicable(cfg: GemmaConfig) -> list[str]:
-    """The ids of the bugs a port of this config could have (the config has the feature they get wrong)."""
-    return [b.id for b in BUGS.values() if b.applies(cfg)]
+def applicable(cfg: GemmaConfig, vision: Any = None) -> list[str]:
+    """The ids of the bugs a port of this config could have (the config has the feature they get wrong).
+
+    `vision`: the checkpoint's vision.VisionConfig when its images are run; the image-path bugs need one.
+    """
+    return [b.id for b in BUGS.values() if b.applies(cfg) and
+            (b.vision is None or (vision is not None and b.vision(vision) and
+                                  (b.id != "ple_at_image_id" or cfg.hidden_size_per_layer_input > 0)))]
 
 
 def parse(spec: str | Sequence[str]) -> list[Bug]:
@@ -289,13 +432,14 @@ def patched(wraps: dict[str, Callable[[Callable], Callable]]) -> Iterator[None]:
     saved: list[tuple[str, Callable]] = []
     try:
         for name, wrap in wraps.items():
-            orig = getattr(M, name)
-            setattr(M, name, wrap(orig))
-            saved.append((name, orig))
+            module, attr = (V(), name[7:]) if name.startswith("vision.") else (M, name)
+            orig = getattr(module, attr)
+            setattr(module, attr, wrap(orig))
+            saved.append((module, attr, orig))
         yield
     finally:
-        for name, orig in reversed(saved):
-            setattr(M, name, orig)
+        for module, attr, orig in reversed(saved):
+            setattr(module, attr, orig)
 
 
 @contextlib.contextmanager
@@ -312,8 +456,11 @@ def switched(bug_ids: str | Sequence[str], cfg: GemmaConfig) -> Iterator[GemmaCo
         yield cfg
 
 
-def forward_with(weights: Any, cfg: GemmaConfig, bug_ids: str | Sequence[str], ids: np.ndarray) -> np.ndarray:
+def forward_with(weights: Any, cfg: GemmaConfig, bug_ids: str | Sequence[str], ids: np.ndarray,
+                 tower: Any = None, images: Sequence | None = None) -> np.ndarray:
     """Logits [T, V] of one sequence with the bugs switched on.
+
+    `images` (with `tower`, a vision.TowerWeights): the prompt's images, run through the tower under the bugs too.
 
     ``bos_missing``: the engine ran the ids without their leading BOS; the row of the BOS position is
     the one a BOS-only run gives (both agree there), the other rows come from the run without it.
@@ -324,4 +471,5 @@ def forward_with(weights: Any, cfg: GemmaConfig, bug_ids: str | Sequence[str], i
             first = M.forward(weights, c, [ids[:1]])[0]
             rest = M.forward(weights, c, [ids[1:]])[0]
             return np.concatenate([first, rest])
-        return M.forward(weights, c, [ids])[0]
+        soft = [V().prompt_image_tokens(ids, list(images), tower)] if images else None
+        return M.forward(weights, c, [ids], images=soft)[0]

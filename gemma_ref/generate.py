@@ -117,11 +117,14 @@ def generate(
     stop: Iterable[int] | None = None,
     on_token: Callable[[int], None] | None = None,
     keep_logits: bool = False,
+    images: Sequence[np.ndarray] | None = None,
 ) -> Generation:
     """Continue `prompt_ids` by up to `max_new_tokens` tokens, calling `on_token` with each as it comes.
 
     `stop`: ids that end generation (default: stop_ids(model.config)); the stop token is
     kept in the result. Generation also ends at the model's max_position_embeddings.
+    `images`: the prompt's images (uint8 [H, W, 3], in order), whose image tokens the prompt holds
+    already expanded (vision.expand_placeholders); they only change the prefill.
     """
     cfg = model.config
     prompt = validate_ids(prompt_ids, cfg.vocab_size)
@@ -137,7 +140,8 @@ def generate(
 
     cache = new_cache(cfg)
     t0 = time.perf_counter()
-    logits = forward(model.weights, cfg, [prompt], caches=[cache], last_only=True)[0][-1]  # [V]: prefill
+    soft = model.image_tokens([prompt], [images]) if images else None  # the vision tower runs once, here
+    logits = forward(model.weights, cfg, [prompt], caches=[cache], last_only=True, images=soft)[0][-1]  # [V]: prefill
     result.prefill_seconds = time.perf_counter() - t0
     while True:
         if keep_logits:

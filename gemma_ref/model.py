@@ -50,6 +50,10 @@ extras                 -                           LAuReL (low-rank residual nex
                                                    table read row 0; KV sharing as Gemma 4
 =====================  ==========================  ===============================================
 
+Images (multimodal Gemma 3 / Gemma 4): vision.py turns each image into soft tokens; here they only
+replace the image tokens' embeddings (``merge_images``) and let the tokens of one image attend to each
+other both ways (``attention_mask``'s ``blocks``). The rest of the text model is unchanged.
+
 Every number is computed in float32 whatever the storage dtype, to match
 Hugging Face transformers run in float32 (the golden-logit tests pin this to
 1e-4). Weights are read one layer at a time (weights.py), so a checkpoint never
@@ -175,10 +179,18 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / np.sum(e, axis=-1, keepdims=True)
 
 
-def attention_mask(q_positions: np.ndarray, k_positions: np.ndarray, window: int | None) -> np.ndarray:
-    """True where a query may see a key: causal, and within the window on local layers.  [Tq], [Tk] -> [Tq, Tk]"""
+def attention_mask(q_positions: np.ndarray, k_positions: np.ndarray, window: int | None,
+                   blocks: np.ndarray | None = None) -> np.ndarray:
+    """True where a query may see a key: causal, and within the window on local layers.  [Tq], [Tk] -> [Tq, Tk]
+
+    `blocks` (multimodal prompts, vision.py): each position's image block, -1 for text; the tokens of
+    one image also see each other's future (bidirectional), and the window still applies after that.
+    """
     q, k = q_positions[:, None], k_positions[None, :]
     allowed = k <= q  # causal: nothing from the future
+    if blocks is not None:
+        bq, bk = blocks[q_positions][:, None], blocks[k_positions][None, :]  # [Tq, 1], [1, Tk]
+        allowed |= (bq == bk) & (bq >= 0)  # within one image: every token sees every other
     if window is not None:
         allowed &= k > q - window  # sliding window: only the last `window` keys, including q itself
     return allowed
@@ -231,7 +243,7 @@ def new_cache(cfg: GemmaConfig, capacity: int = 64) -> list[LayerCache | None]:
 
 def attention(
     x: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig, layer_type: str, positions: np.ndarray,
-    cache: LayerCache | None = None,
+    cache: LayerCache | None = None, blocks: np.ndarray | None = None,
 ) -> np.ndarray:
     """Multi-head self-attention with RoPE, optional q/k norm, soft-cap and sliding window.  [T, D] -> [T, D]
 
@@ -255,12 +267,12 @@ def attention(
 
     if cache is not None:
         k, v = cache.append(k, v)  # [K, T, Hd] -> [K, S, Hd]: every key so far, this call's last
-    out = attend(q, k, v, positions, cfg.sliding_window if local else None, cfg)  # [T, H*Hd]
+    out = attend(q, k, v, positions, cfg.sliding_window if local else None, cfg, blocks)  # [T, H*Hd]
     return linear(out, w["self_attn.o_proj.weight"])  # [T, H*Hd] -> [T, D]
 
 
 def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, positions: np.ndarray, window: int | None,
-           cfg: GemmaConfig) -> np.ndarray:
+           cfg: GemmaConfig, blocks: np.ndarray | None = None) -> np.ndarray:
     """Scaled dot-product attention of the queries over every key so far.  [H, T, Hd], [K, S, Hd] x2 -> [T, H*Hd]
 
     The keys are those of positions up to the last query's (the cache's, then this call's).
@@ -276,7 +288,7 @@ def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, positions: np.ndarray, w
     scale = f32(cfg.query_pre_attn_scalar ** -0.5)
     scores = (q @ k.transpose(0, 2, 1)) * scale  # [H, T, Hd] @ [H, Hd, S] -> [H, T, S]
     scores = softcap(scores, cfg.attn_logit_softcapping)  # Gemma 2: cap *before* the mask
-    mask = attention_mask(positions, k_positions, window)  # [T, S]
+    mask = attention_mask(positions, k_positions, window, blocks)  # [T, S]
     scores = np.where(mask, scores, f32(-np.inf))
     probs = softmax(scores)  # [H, T, S]
     return (probs @ v).transpose(1, 0, 2).reshape(T, H * Hd)  # [H, T, Hd] -> [T, H*Hd]
@@ -287,11 +299,14 @@ def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, positions: np.ndarray, w
 
 def block(
     h: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig, layer_type: str, positions: np.ndarray,
-    cache: LayerCache | None = None,
+    cache: LayerCache | None = None, blocks: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One decoder layer: attention then MLP, each in a residual branch.  [T, D] -> [T, D]"""
+    """One decoder layer: attention then MLP, each in a residual branch.  [T, D] -> [T, D]
+
+    `blocks`: image blocks that attend bidirectionally (multimodal prompts), else None.
+    """
     eps = cfg.rms_norm_eps
-    a = attention(rms_norm(h, w["input_layernorm.weight"], eps), w, cfg, layer_type, positions, cache)  # [T, D]
+    a = attention(rms_norm(h, w["input_layernorm.weight"], eps), w, cfg, layer_type, positions, cache, blocks)  # [T, D]
     if cfg.sandwich_norms:
         # Gemma 2/3: the branch output is normalised too, and the MLP gets its own pre-norm.
         # VaultGemma (post_norms False) keeps the pre-MLP norm but drops both post-branch norms.
@@ -351,6 +366,7 @@ def project_kv(x: np.ndarray, w: dict[str, np.ndarray], spec: LayerSpec, eps: fl
 def gemma4_attention(
     x: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig, spec: LayerSpec, positions: np.ndarray,
     cache: LayerCache | None = None, shared: tuple[np.ndarray, np.ndarray] | None = None,
+    blocks: np.ndarray | None = None,
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Gemma 4 self-attention.  [T, D] -> [T, D], plus the (K, V) attended over ([K, S, Hd] each)
 
@@ -370,7 +386,7 @@ def gemma4_attention(
             k, v = cache.append(k, v)  # [K, S, Hd]: every key so far
     else:
         k, v = shared  # KV sharing (E2B/E4B): reuse an earlier layer's keys and values, computed once
-    out = attend(q, k, v, positions, cfg.sliding_window if spec.type == SLIDING else None, cfg)  # [T, H*Hd]
+    out = attend(q, k, v, positions, cfg.sliding_window if spec.type == SLIDING else None, cfg, blocks)  # [T, H*Hd]
     return linear(out, w["self_attn.o_proj.weight"]), (k, v)  # [T, H*Hd] -> [T, D]
 
 
@@ -405,15 +421,16 @@ def moe(r: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig) -> np.ndarray
 def gemma4_block(
     h: np.ndarray, w: dict[str, np.ndarray], cfg: GemmaConfig, spec: LayerSpec, positions: np.ndarray,
     ple: np.ndarray | None = None, cache: LayerCache | None = None,
-    shared: tuple[np.ndarray, np.ndarray] | None = None,
+    shared: tuple[np.ndarray, np.ndarray] | None = None, blocks: np.ndarray | None = None,
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """One Gemma 4 decoder layer.  [T, D] -> [T, D], plus this layer's (K, V) for layers that share them
 
-    `ple`: this layer's per-layer embedding [T, P] (E2B/E4B), else None.
+    `ple`: this layer's per-layer embedding [T, P] (E2B/E4B), else None. `blocks`: image blocks
+    attending bidirectionally (sliding layers of use_bidirectional_attention "vision"), else None.
     """
     eps = cfg.rms_norm_eps
     a, kv = gemma4_attention(rms_norm_gemma4(h, w["input_layernorm.weight"], eps), w, cfg, spec, positions,
-                             cache, shared)  # [T, D]
+                             cache, shared, blocks)  # [T, D]
     h = h + rms_norm_gemma4(a, w["post_attention_layernorm.weight"], eps)
     r = h  # [T, D]
     m = mlp(rms_norm_gemma4(r, w["pre_feedforward_layernorm.weight"], eps),
@@ -432,13 +449,16 @@ def gemma4_forward(
     weights: Weights, cfg: GemmaConfig, sequences: list[np.ndarray],
     progress: Callable[[int, int], None] | None = None,
     caches: list[list[LayerCache | None]] | None = None, last_only: bool = False,
+    images: list | None = None,
 ) -> list[np.ndarray]:
     """forward() for Gemma 4.  [T_s] each -> [T_s, V] each"""
     caches = caches if caches is not None else [None] * len(sequences)
+    images = images if images is not None else [None] * len(sequences)
     starts = [c[0].length if c else 0 for c in caches]  # layer 0 always has its own cache
-    hs = [embed(weights, ids, cfg) for ids in sequences]  # [T_s, D] each
+    looked_up = [text_ids(ids, im) for ids, im in zip(sequences, images)]  # image tokens read the pad row
+    hs = [merge_images(embed(weights, ids, cfg), im) for ids, im in zip(looked_up, images)]  # [T_s, D] each
     ples = [per_layer_inputs(weights, ids, h, cfg) if cfg.hidden_size_per_layer_input else None
-            for ids, h in zip(sequences, hs)]  # [L, T_s, P] each, or None
+            for ids, h in zip(looked_up, hs)]  # [L, T_s, P] each, or None: token part at pad, context part merged
     sources = {s.kv_source for s in cfg.layers if s.kv_source is not None}
     kept: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in sequences]  # source layer -> its (K, V)
     for i, spec in enumerate(cfg.layers):
@@ -446,7 +466,8 @@ def gemma4_forward(
         for n, (h, s, c) in enumerate(zip(hs, starts, caches)):
             ple = ples[n][i] if ples[n] is not None else None  # [T, P]
             shared = kept[n][spec.kv_source] if spec.kv_source is not None else None
-            hs[n], kv = gemma4_block(h, w, cfg, spec, np.arange(s, s + len(h)), ple, c[i] if c else None, shared)
+            hs[n], kv = gemma4_block(h, w, cfg, spec, np.arange(s, s + len(h)), ple, c[i] if c else None, shared,
+                                     layer_blocks(images[n], spec.type))
             if i in sources:
                 kept[n][i] = kv  # with a cache: every key so far, so shared layers see the whole past too
         if progress:
@@ -610,6 +631,31 @@ def embed(weights: Weights, ids: np.ndarray, cfg: GemmaConfig) -> np.ndarray:
     return weights.embedding_rows(ids) * f32(cfg.embed_scale)
 
 
+def text_ids(ids: np.ndarray, images) -> np.ndarray:
+    """The ids whose embedding rows are read: image tokens read the pad row (Gemma 4's PLE sees it too).  [T] -> [T]"""
+    if images is None:
+        return ids
+    ids = ids.copy()
+    ids[images.rows] = images.pad_token_id  # the image id may lie past the table (Gemma 3: 262144 is its last row)
+    return ids
+
+
+def merge_images(h: np.ndarray, images) -> np.ndarray:
+    """The image tokens' rows replaced by their soft tokens, NOT scaled by sqrt(D) like the text.  [T, D] -> [T, D]"""
+    if images is not None:
+        h[images.rows] = images.values  # in order: image 0's tokens first
+    return h
+
+
+def layer_blocks(images, layer_type: str) -> np.ndarray | None:
+    """The image blocks this layer lets attend bidirectionally, or None (causal)."""
+    if images is None or images.blocks is None:
+        return None
+    if images.block_layers == "all" or (images.block_layers == "sliding" and layer_type == SLIDING):
+        return images.blocks  # Gemma 3: every layer; Gemma 4 ("vision"): sliding layers only
+    return None
+
+
 def unembed(h: np.ndarray, weights: Weights, cfg: GemmaConfig, block_rows: int = 4096) -> np.ndarray:
     """Logits against the tied (unscaled) embedding, read in blocks of rows.  [T, D] -> [T, V]"""
     logits = np.empty((h.shape[0], cfg.vocab_size), dtype=f32)  # [T, V]
@@ -625,6 +671,7 @@ def forward(
     progress: Callable[[int, int], None] | None = None,
     caches: list[list[LayerCache]] | None = None,
     last_only: bool = False,
+    images: list | None = None,
 ) -> list[np.ndarray]:
     """Token ids to next-token logits for independent sequences.  [T_s] each -> [T_s, V] each
 
@@ -632,18 +679,24 @@ def forward(
     memory at a time. With `caches` (one per sequence, from new_cache), the ids continue
     what each cache holds and their keys/values are added to it; `last_only` computes
     the logits of each sequence's last token only ([1, V] each), all that decoding needs.
+    `images` (one per sequence, None for text): the vision.ImageTokens of a prompt's images,
+    whose soft tokens replace the image tokens' embeddings (vision.prompt_image_tokens).
     """
     if cfg.altup_num_inputs:
+        if images is not None and any(im is not None for im in images):
+            raise InputError("Gemma 3n's vision tower (MobileNet) is not run by gemma_ref: its images cannot be verified")
         return gemma3n_forward(weights, cfg, sequences, progress, caches, last_only)
     if cfg.generation >= 4:
-        return gemma4_forward(weights, cfg, sequences, progress, caches, last_only)
+        return gemma4_forward(weights, cfg, sequences, progress, caches, last_only, images)
     caches = caches if caches is not None else [None] * len(sequences)
+    images = images if images is not None else [None] * len(sequences)
     starts = [c[0].length if c else 0 for c in caches]  # the first new token's position in each sequence
-    hs = [embed(weights, ids, cfg) for ids in sequences]  # [T_s, D] each
+    hs = [merge_images(embed(weights, text_ids(ids, im), cfg), im) for ids, im in zip(sequences, images)]  # [T_s, D]
     for i, layer_type in enumerate(cfg.layer_types):
         w = weights.layer(i)  # this layer's tensors
-        hs = [block(h, w, cfg, layer_type, np.arange(s, s + len(h)), c[i] if c else None)  # BOS at position 0
-              for h, s, c in zip(hs, starts, caches)]
+        hs = [block(h, w, cfg, layer_type, np.arange(s, s + len(h)), c[i] if c else None,  # BOS at position 0
+                    layer_blocks(im, layer_type))
+              for h, s, c, im in zip(hs, starts, caches, images)]
         if progress:
             progress(i + 1, cfg.num_hidden_layers)
     if last_only:
@@ -668,17 +721,42 @@ class Model:
                              hint="pass the directory holding config.json and the safetensors")
         self.config: GemmaConfig = load_config(self.path)
         self.weights = Weights(self.path, self.config, check=check, cache=cache_weights)
+        self.vision = None  # vision.TowerWeights, opened when a prompt first holds an image
+        self.vision_config = None
 
     def forward(self, token_ids: Sequence[int] | np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """float32 logits of shape [len(token_ids), vocab_size] for a 1-D sequence of token ids."""
         return self.forward_many([token_ids], progress)[0]
 
     def forward_many(
-        self, sequences: Sequence[Sequence[int] | np.ndarray], progress: Callable[[int, int], None] | None = None
+        self, sequences: Sequence[Sequence[int] | np.ndarray], progress: Callable[[int, int], None] | None = None,
+        images: Sequence[Sequence[np.ndarray] | None] | None = None,
     ) -> list[np.ndarray]:
-        """Logits for several independent sequences, reading each layer's weights once for all."""
+        """Logits for several independent sequences, reading each layer's weights once for all.
+
+        `images`: per sequence, its images (uint8 [H, W, 3], in prompt order) or None; the sequence
+        then holds each image's run of image tokens, already expanded (vision.expand_placeholders).
+        """
         ids = [validate_ids(s, self.config.vocab_size, self.config.max_position_embeddings) for s in sequences]
-        return forward(self.weights, self.config, ids, progress)
+        return forward(self.weights, self.config, ids, progress, images=self.image_tokens(ids, images))
+
+    def image_tokens(self, ids: list[np.ndarray], images: Sequence[Sequence[np.ndarray] | None] | None,
+                     observe: Callable | None = None) -> list | None:
+        """vision.ImageTokens for each sequence with images (None for the others), or None without images."""
+        if images is None or not any(images):
+            return None
+        if len(images) != len(ids):
+            raise InputError(f"{len(images)} image lists for {len(ids)} sequences; give one (or None) per sequence")
+        from gemma_ref import vision  # the image path is only read when a prompt has images
+
+        if self.vision is None:
+            self.vision_config = vision.load_vision_config(self.weights.dir)  # an adapter: its base's
+            if self.vision_config is None:
+                raise InputError("this checkpoint has no vision tower gemma_ref runs (Gemma 3 or Gemma 4 with a "
+                                 "vision_config); its prompts cannot hold images", self.path)
+            self.vision = vision.TowerWeights(self.weights, self.vision_config)
+        return [vision.prompt_image_tokens(s, list(im), self.vision, observe) if im else None
+                for s, im in zip(ids, images)]
 
     def close(self) -> None:
         self.weights.close()

@@ -166,6 +166,15 @@ class Tokenizer:
             if self._impl.id_to_piece(i) == piece:  # piece_to_id answers <unk> for a missing piece
                 self.special_ids[name] = i
         self._newline_ids: list[int] | None = None
+        self.added: dict[str, int] = {}  # strings that are one id each, outside the pieces model (see add_tokens)
+
+    def add_tokens(self, tokens: dict[str, int]) -> None:
+        """Strings encoded as one id each, split out of the text before the pieces model runs.
+
+        As Hugging Face's added tokens: Gemma 3's ``<image_soft_token>`` is id 262144, past the
+        262,144 pieces of tokenizer.model, so SentencePiece alone would spell it out in pieces.
+        """
+        self.added.update(tokens)
 
     def __repr__(self) -> str:
         return f"Tokenizer({os.fspath(self.path)!r}, backend={self.backend!r}, vocab_size={self.vocab_size})"
@@ -213,11 +222,24 @@ class Tokenizer:
                     DoubledBOSWarning,
                     stacklevel=2,
                 )
-        ids = self._impl.encode(text)
+        ids = self._encode_added(text) if self.added else self._impl.encode(text)
         if bos:
             ids = [self.bos_id, *ids]
         if eos:
             ids.append(self.eos_id)
+        return ids
+
+    def _encode_added(self, text: str) -> list[int]:
+        """Pieces of the text between added tokens, each added token its one id."""
+        import re
+
+        pattern = "(" + "|".join(re.escape(t) for t in sorted(self.added, key=len, reverse=True)) + ")"
+        ids: list[int] = []
+        for n, part in enumerate(re.split(pattern, text)):
+            if n % 2:
+                ids.append(self.added[part])  # the separators: added tokens
+            elif part:
+                ids += self._impl.encode(part)
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:

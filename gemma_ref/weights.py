@@ -352,7 +352,8 @@ def check_structure(cfg: GemmaConfig, infos: dict[str, TensorInfo], prefix: str)
                                   "earlier layer's keys and values; real E2B/E4B files keep them, transformers "
                                   "ignores them too)", kv_shared[0]))
     if foreign:
-        issues.append(WeightIssue("foreign", "info", f"{foreign} tensors of other towers (vision/audio/projector) ignored"))
+        issues.append(WeightIssue("foreign", "info", f"{foreign} tensors of other towers (vision/audio/projector) are "
+                                  "not part of the text model (a vision tower runs for prompts with images)"))
     return issues
 
 
@@ -528,6 +529,13 @@ class Weights:
         info = self.infos[self.prefix + rel]
         raw = self._map(info.file)[info.start:info.stop]
         return raw.view(NUMPY_DTYPES[info.dtype]).reshape(info.shape)
+
+    def stored(self, name: str) -> np.ndarray:
+        """Any tensor of the checkpoint by its full name (other towers too), as a zero-copy view in its stored dtype."""
+        info = self.infos[name]
+        if info.dtype not in NUMPY_DTYPES:
+            raise InputError(f"tensor {name!r} is stored as {info.dtype}; expected BF16, F16 or F32", info.file)
+        return self._map(info.file)[info.start:info.stop].view(NUMPY_DTYPES[info.dtype]).reshape(info.shape)
 
     def tensor(self, rel: str) -> np.ndarray:
         """One tensor (name without prefix) in float32, in fresh memory."""

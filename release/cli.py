@@ -271,13 +271,20 @@ def golden(
     name: Annotated[Optional[str], typer.Option(help="Model name/repo id to record (default: the path).")] = None,
     revision: Annotated[Optional[str], typer.Option(help="Model revision to record.")] = None,
     base: BaseOpt = None,
+    image: Annotated[Optional[list[Path]], typer.Option("--image", help="An image of the one prompt given by --ids (its "
+                                                        "image tokens expanded) or a one-prompt --prompts file "
+                                                        "(multimodal Gemma 3 / Gemma 4); repeatable, in order.",
+                                                        show_default=False)] = None,
+    pixels: Annotated[bool, typer.Option("--pixels/--no-pixels", help="Record the producer's pixel values of each "
+                                         "image (Gemma 3: 9.6 MB an image at 896x896), so verify checks the tower on "
+                                         "exactly those whatever resizes differently; without, only their SHA-256.")] = True,
 ) -> None:
     """Compute golden logits for prompts and write them to a golden file."""
     from gemma_ref.tokenizer import has_tokenizer
     from release.weights.golden import make_golden
     from release.weights.prompts import select_prompts
 
-    specs = select_prompts(ids, prompts)
+    specs = select_prompts(ids, prompts, image, images_ok=True)
     if (any(p.ids is None for p in specs) and not has_tokenizer(model) and (model / "config.json").is_file()
             and base is None):
         what = "the built-in prompts are text" if prompts is None else "the prompts file holds text"
@@ -287,15 +294,17 @@ def golden(
     with _progress() as bar:
         step = _progress_callback(bar)
         g = make_golden(model, out_file, specs, backend, storage, topk, name, revision,
-                        lambda done, total: step(f"logits ({backend})", done, total), base)
+                        lambda done, total: step(f"logits ({backend})", done, total), base, keep_pixels=pixels)
     n_tok = sum(len(p.ids) for p in g.prompts)
     why = ""
     if storage is None:  # say why, since the user did not choose
         mb = n_tok * g.vocab_size * 4 / 2**20
         why = (f" (full rows would be {mb:.0f} MB, over 64 MB: top-{g.topk} + log-sum-exp; --storage full to keep them)"
                if g.storage == "topk" else f" ({mb:.1f} MB; top-k is used past 64 MB)")
+    n_img = sum(len(p.images or ()) for p in g.prompts)
+    imgs = (f", {n_img} image(s) preprocessed by {g.extra.get('image_processor_backend')}" if n_img else "")
     out.print(f"wrote {out_file}: {len(g.prompts)} prompts, {n_tok} positions, {g.storage} logits{why} "
-              f"from {g.producer} {g.producer_version}")
+              f"from {g.producer} {g.producer_version}{imgs}")
 
 
 def _refuse_quantized(model: Path) -> None:
@@ -412,6 +421,9 @@ def trace_cmd(
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Trace file to write (safetensors).", show_default=False)],
     detail: Annotated[bool, typer.Option("--detail", help="Also each layer's q, k, v, attention and MLP outputs.")] = False,
     bug: Annotated[Optional[str], typer.Option("--bug", help="Trace with known bugs switched on (ids joined by '+').")] = None,
+    image: Annotated[Optional[list[Path]], typer.Option("--image", help="An image of the prompt (multimodal Gemma 3 / "
+                                                        "Gemma 4; --ids hold its image tokens expanded); repeatable. "
+                                                        "The tower's hidden states are traced too.")] = None,
 ) -> None:
     """Save the residual stream after every layer (named like transformers' output_hidden_states)."""
     from gemma_ref.bugs import parse
@@ -423,10 +435,17 @@ def trace_cmd(
     except ValueError as e:
         raise InputError(str(e)) from None
     seq = parse_ids(ids).ids
-    t = trace(model, seq, detail, bug_ids)
+    pictures = None
+    if image:
+        from release.images import load_image
+
+        pictures = [load_image(p) for p in image]
+    t = trace(model, seq, detail, bug_ids, pictures)
     write_trace(t, out_file, meta_for(model, t["input_ids"], detail, bug_ids))
     n = sum(k.startswith("hidden_states.") for k in t)
-    out.print(f"wrote {out_file}: {n} hidden states" + (", with q/k/v/attention/MLP per layer" if detail else ""))
+    views = len({k.split(".")[1] for k in t if k.startswith("vision.") and ".hidden_states." in k})
+    out.print(f"wrote {out_file}: {n} hidden states" + (", with q/k/v/attention/MLP per layer" if detail else "")
+              + (f"; the vision tower's for {views} view(s) of {len(pictures)} image(s)" if pictures else ""))
 
 
 @app.command("trace-diff")
@@ -507,6 +526,9 @@ def generate(
                                                 "(2x the bf16 size in RAM; faster prompts).")] = False,
     json_out: JsonOpt = False,
     base: BaseOpt = None,
+    image: Annotated[Optional[list[Path]], typer.Option("--image", help="An image (PNG, JPEG, ...) for a multimodal "
+                                                        "Gemma 3 / Gemma 4; repeatable, in the order of the placeholders "
+                                                        "in PROMPT (none there: the images go first).")] = None,
 ) -> None:
     """Generate text with the reference model, streaming tokens as they come (KV cache, greedy or sampled)."""
     import json
@@ -525,10 +547,29 @@ def generate(
         tok_dir = adapters.resolve_base(model, base)
         check_model_files(tok_dir)
     tok = Tokenizer(tok_dir)
+    pictures = vc = None
+    if image:
+        from gemma_ref import vision
+        from release.images import load_image
+
+        pictures = [load_image(p) for p in image]  # uint8 [H, W, 3] each; bad files are exit 2 here
+        vc = vision.load_vision_config(adapters.resolve_base(model, base) if adapters.is_adapter_dir(model) else model)
+        if vc is None:
+            raise InputError("--image needs a multimodal Gemma 3 or Gemma 4 checkpoint (a vision_config and its "
+                             "tower); this one has none gemma_ref runs", model)
+        if vc.placeholder not in prompt:  # as the chat templates do: the images before the text
+            prompt = vc.placeholder * len(pictures) + prompt
     with load_model(model, cache_weights=cache_weights, base=base) as m:
         tok.check_vocab(m.config.vocab_size)
-        ids = (tok.apply_chat_template([{"role": "user", "content": prompt}], generation=m.config.generation)
-               if chat else tok.encode(prompt))  # the model's own template (Gemma 4: <|turn>), not a guess
+        if pictures:  # placeholders expanded as the processor does, in the rendered turn (golden's own encoder)
+            from release.weights.prompts import PromptSpec, encode_prompts
+
+            spec = (PromptSpec("prompt", messages=[{"role": "user", "content": prompt}], images=pictures) if chat
+                    else PromptSpec("prompt", text=prompt, images=pictures))
+            ((_, ids),) = encode_prompts(tok, [spec], m.config.generation, vc)
+        else:
+            ids = (tok.apply_chat_template([{"role": "user", "content": prompt}], generation=m.config.generation)
+                   if chat else tok.encode(prompt))  # the model's own template (Gemma 4: <|turn>), not a guess
         stop = stop_ids(m.config, tok)
         stream = TextStream(tok, ids, hide=stop)
 
@@ -537,7 +578,7 @@ def generate(
                 sys.stdout.write(stream.push(token))
                 sys.stdout.flush()
 
-        result = run(m, ids, max_new_tokens, sampling, stop, on_token=show)
+        result = run(m, ids, max_new_tokens, sampling, stop, on_token=show, images=pictures)
     text = tok.decode([i for i in result.ids if i not in stop])
     per_token = result.seconds_per_token
     if json_out:

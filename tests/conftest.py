@@ -31,10 +31,14 @@ def golden_arrays(case: str, suffix: str = "") -> dict:
 
 
 def golden_prompts(case: str) -> list[tuple]:
-    """[(ids, logits)] per prompt of a full-storage golden."""
+    """[(ids, logits)] per text-only prompt of a full-storage golden.
+
+    Prompts with images (token_types.{i} recorded; tests/make_goldens_vision.py) are left out: their logits
+    need the images too (tests/test_vision.py, tests/test_vision_goldens.py run them).
+    """
     t = golden_arrays(case)
     n = sum(1 for k in t if k.startswith("ids."))
-    return [(t[f"ids.{i}"], t[f"logits.{i}"]) for i in range(n)]
+    return [(t[f"ids.{i}"], t[f"logits.{i}"]) for i in range(n) if f"token_types.{i}" not in t]
 
 
 @dataclass

@@ -94,7 +94,7 @@ def test_bf16_rounded_embedding_scale_is_pinned(monkeypatch):
 
 def test_gemma1_name_trap(monkeypatch):
     """Gemma 1's post_attention_layernorm is the pre-MLP norm; applying it after attention is wrong."""
-    def wrong_block(h, w, cfg, layer_type, positions, cache=None):
+    def wrong_block(h, w, cfg, layer_type, positions, cache=None, blocks=None):
         eps = cfg.rms_norm_eps
         a = M.attention(M.rms_norm(h, w["input_layernorm.weight"], eps), w, cfg, layer_type, positions)
         h = h + M.rms_norm(a, w["post_attention_layernorm.weight"], eps)

@@ -112,7 +112,9 @@ def _invocations(w: Path) -> dict[str, tuple[list[str], int]]:
                                            "  - {format: mlx, quant: 8bit-32g, repo: me/tiny-mlx, revision: main, local_dir: m-mlx-8bit}\n")
     return {
         "inspect": (["inspect", model], 0),
-        "golden": (["golden", model, "-o", w / "g.golden", "--ids", "2,17,300,41"], 0),
+        # an image prompt on the shipped multimodal Gemma 3: Pillow (a declared dependency) reads the image
+        "golden": (["golden", MODELS / "gemma3_vision", "-o", w / "g.golden", "--ids",
+                    "2,17,509," + "511," * 9 + "510,41", "--image", DATA / "images" / "small_56x40.png"], 0),
         "verify": (["verify", model, "--golden", golden], 0),
         "diagnose": (["diagnose", model, "--candidate", diag], 1),  # names the bug: exit 1
         "trace": (["trace", model, "--ids", "2,17,300", "-o", w / "a.trace"], 0),

@@ -18,7 +18,8 @@ def test_all_cases_are_present():
     assert set(CASES) == {"gemma1_mqa_bf16", "gemma1_mha_f32", "gemma2_gqa_softcap", "gemma3_1b_style",
                           "gemma3_rope_linear", "gemma3_nested",
                           "gemma4_e2b_style", "gemma4_e4b_style", "gemma4_31b_style", "gemma4_26b_moe",
-                          "gemma4_per_layer_config", "gemma4_unified", "gemma3n_nested", "vaultgemma_layer_types"}
+                          "gemma4_per_layer_config", "gemma4_unified", "gemma3n_nested", "vaultgemma_layer_types",
+                          "gemma3_vision", "gemma4_vision", "gemma4_vision_e2b"}  # with images: make_goldens_vision.py
 
 
 @pytest.mark.parametrize("case", CASES)

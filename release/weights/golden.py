@@ -10,6 +10,24 @@ One file holds several prompts. For prompt ``i``:
   ``topk_logits.{i}``    float32 [T, k]   their values
   ``lse.{i}``            float32 [T]      log-sum-exp of the whole row (pins the rest of the distribution)
 
+A prompt with images (a multimodal Gemma 3 / Gemma 4) also holds:
+
+* ``images.{i}.{j}``      uint8   [H, W, 3]   its j-th image, raw RGB as decoded (release.images.load_image)
+* ``token_types.{i}``     int64   [T]         the token types fed to the producer (1 at image tokens, else 0:
+                                              transformers' token_type_ids / mm_token_type_ids)
+* ``soft_tokens.{i}``     float32 [n, D]      optional: the producer's projector output for the prompt's n image
+                                              tokens, in order (localises a failure to the tower or the text model)
+* ``pixel_values.{i}.{j}`` float32            optional: the producer's pixel values of image j, as its processor
+                                              gave them (Gemma 3 [views, 3, S, S]; Gemma 4 [max_patches, 3p^2]),
+  ``image_position_ids.{i}.{j}`` int64 [max_patches, 2]   with Gemma 4's patch positions ((-1, -1) on padding)
+
+and its ``prompts`` entry an ``images`` list, one ``{"height", "width", "sha256_pixels"}`` per image
+(``sha256_pixels``: SHA-256 of the producer's float32 pixel values of that image, C order, as
+``gemma_ref.vision.pixel_sha256``). The file then says how images were preprocessed:
+``image_processor`` (the processor's config as JSON), ``image_processor_backend`` (``pil`` for
+transformers' PIL backend, ``torchvision``, or ``gemma_ref``) and ``pillow_version``. Files
+without images are unchanged (format version 1 either way).
+
 ``__metadata__`` (strings only, as safetensors requires) says what produced the
 logits; ``prompts`` is a JSON list. ``schemas/golden.schema.json`` describes it
 and every file is validated against it on read.
@@ -28,8 +46,14 @@ import numpy as np
 
 from release.errors import InputError
 from release.files import require_regular, write_safetensors
+from release.images import MAX_PIXELS, MAX_SIDE
 from release.resources import load_schema
-from release.weights.prompts import PromptSpec, parse_ids, tokenize_prompt_specs  # noqa: F401  (parse_ids re-exported)
+from release.weights.prompts import (  # noqa: F401  (parse_ids re-exported)
+    PromptSpec,
+    check_image_runs,
+    parse_ids,
+    tokenize_prompt_specs,
+)
 
 FORMAT = "gemma-release-golden"
 FORMAT_VERSION = "1"
@@ -48,6 +72,11 @@ class GoldenPrompt:
     lse: np.ndarray | None = None  # float32 [T]
     text: str | None = None  # the text that was tokenized, if the prompt was text
     messages: list[dict[str, str]] | None = None  # the chat turns, if the prompt used the chat template
+    images: list[np.ndarray] | None = None  # uint8 [H, W, 3] each, in prompt order (image prompts only)
+    token_types: np.ndarray | None = None  # int64 [T]: as fed to the producer, 1 at image tokens
+    soft_tokens: np.ndarray | None = None  # float32 [n_image_tokens, D_text]: the producer's projector output
+    image_meta: list[dict[str, Any]] | None = None  # per image: height, width, sha256_pixels
+    pixels: list[dict[str, np.ndarray]] | None = None  # per image, the producer's pixel values (if recorded)
 
 
 @dataclass
@@ -74,12 +103,16 @@ class Golden:
 
 
 def make_prompt(name: str, ids: np.ndarray, logits: np.ndarray, storage: str, topk: int = 64,
-                text: str | None = None, messages: list[dict[str, str]] | None = None) -> GoldenPrompt:
-    """A GoldenPrompt from full float32 logits [T, V], keeping all of them or only the top k."""
+                text: str | None = None, messages: list[dict[str, str]] | None = None,
+                **image_fields: Any) -> GoldenPrompt:
+    """A GoldenPrompt from full float32 logits [T, V], keeping all of them or only the top k.
+
+    ``image_fields``: images, token_types, soft_tokens, image_meta, pixels (see GoldenPrompt).
+    """
     logits = np.asarray(logits, dtype=np.float32)
     ids = np.asarray(ids, dtype=np.int64)
     if storage == "full":
-        return GoldenPrompt(name, ids, logits=logits, text=text, messages=messages)
+        return GoldenPrompt(name, ids, logits=logits, text=text, messages=messages, **image_fields)
     k = min(topk, logits.shape[1])
     T = logits.shape[0]
     top_ids = np.empty((T, k), dtype=np.int64)
@@ -91,7 +124,7 @@ def make_prompt(name: str, ids: np.ndarray, logits: np.ndarray, storage: str, to
         top_ids[a:a + ROW_BLOCK] = np.take_along_axis(part, order, axis=1)  # largest first
         lse[a:a + ROW_BLOCK] = logsumexp(rows)
     return GoldenPrompt(name, ids, topk_ids=top_ids, topk_logits=np.take_along_axis(logits, top_ids, axis=1), lse=lse,
-                        text=text, messages=messages)
+                        text=text, messages=messages, **image_fields)
 
 
 ROW_BLOCK = 256  # rows per block in make_prompt: 256 x 262144 float64 is 0.5 GB, not 8.6 GB for 4,096 rows
@@ -125,6 +158,10 @@ def write_golden(golden: Golden, path: str | os.PathLike) -> Path:
             entry["text"] = p.text
         if p.messages is not None:
             entry["messages"] = p.messages
+        if p.images:
+            tensors.update(_image_tensors(i, p))
+            entry["images"] = [{"height": int(im.shape[0]), "width": int(im.shape[1]),
+                                "sha256_pixels": str(m["sha256_pixels"])} for im, m in zip(p.images, p.image_meta)]
         prompts_meta.append(entry)
     meta = {
         **golden.extra,
@@ -145,8 +182,31 @@ def write_golden(golden: Golden, path: str | os.PathLike) -> Path:
         meta["revision"] = golden.revision
     if golden.model_type:
         meta["model_type"] = golden.model_type
+    if any(p.images for p in golden.prompts):
+        missing = [k for k in IMAGE_FILE_META if k not in meta]
+        if missing:
+            raise ValueError(f"a golden with images records {', '.join(missing)} (golden.extra)")
     write_safetensors(path, tensors, meta)
     return path
+
+
+IMAGE_FILE_META = ("image_processor", "image_processor_backend", "pillow_version")
+
+
+def _image_tensors(i: int, p: GoldenPrompt) -> dict[str, np.ndarray]:
+    """The tensors of prompt i's images (see the module docstring)."""
+    if p.token_types is None or p.image_meta is None or len(p.image_meta) != len(p.images):
+        raise ValueError(f"prompt {p.name!r}: an image prompt records its token types and one image_meta per image")
+    out = {f"token_types.{i}": np.ascontiguousarray(p.token_types, dtype=np.int64)}
+    for j, im in enumerate(p.images):
+        out[f"images.{i}.{j}"] = np.ascontiguousarray(im, dtype=np.uint8)
+    if p.soft_tokens is not None:
+        out[f"soft_tokens.{i}"] = np.ascontiguousarray(p.soft_tokens, dtype=np.float32)
+    for j, px in enumerate(p.pixels or ()):
+        out[f"pixel_values.{i}.{j}"] = np.ascontiguousarray(px["pixel_values"], dtype=np.float32)
+        if px.get("image_position_ids") is not None:
+            out[f"image_position_ids.{i}.{j}"] = np.ascontiguousarray(px["image_position_ids"], dtype=np.int64)
+    return out
 
 
 def sniff_golden(path: str | os.PathLike, header_limit: int = 1 << 20) -> bool:
@@ -242,7 +302,16 @@ def read_golden(path: str | os.PathLike) -> Golden:
                 raise InputError(f"prompt {pm['name']!r}: top-k ids outside [0, {vocab})", path)
         if not all(np.all(np.isfinite(a)) for a in (gp.logits, gp.topk_logits, gp.lse) if a is not None):
             raise InputError(f"prompt {pm['name']!r}: expected logits contain NaN or Inf", path)
+        _read_images(gp, i, pm, tensors, path)
         prompts.append(gp)
+    _no_stray_image_tensors(tensors, doc["prompts"], path)
+    if any(gp.images for gp in prompts):
+        try:
+            processor = json.loads(meta["image_processor"])
+        except json.JSONDecodeError as e:
+            raise InputError(f"metadata 'image_processor' is not JSON: {e.msg}", path) from None
+        if not isinstance(processor, dict):
+            raise InputError("metadata 'image_processor' must be a JSON object (the processor's config)", path)
     known = {"format", "format_version", "producer", "producer_version", "compute_dtype", "storage", "vocab_size",
              "model", "prompts", "topk", "revision", "model_type"}
     return Golden(
@@ -251,6 +320,119 @@ def read_golden(path: str | os.PathLike) -> Golden:
         revision=meta.get("revision"), model_type=meta.get("model_type"),
         extra={k: v for k, v in meta.items() if k not in known}, path=path,
     )
+
+
+IMAGE_TENSORS = ("images", "token_types", "soft_tokens", "pixel_values", "image_position_ids")
+
+
+def _read_images(gp: GoldenPrompt, i: int, pm: dict[str, Any], tensors: dict[str, np.ndarray], path: Path) -> None:
+    """Prompt i's image tensors, checked against its metadata entry; InputError naming the tensor otherwise."""
+    metas = pm.get("images") or []
+    where = f"prompt {pm['name']!r}"
+    if not metas:
+        for key in (f"token_types.{i}", f"soft_tokens.{i}"):
+            if key in tensors:
+                raise InputError(f"tensor {key!r}: {where} has no images in its metadata", path)
+        return
+    T = len(gp.ids)
+    images = []
+    for j, m in enumerate(metas):
+        key = f"images.{i}.{j}"
+        if key not in tensors:
+            raise InputError(f"tensor {key!r} is missing ({where}, image {j + 1} of {len(metas)})", path)
+        im = tensors[key]
+        if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+            raise InputError(f"tensor {key!r} must be uint8 [H, W, 3] RGB pixels, got {im.dtype} {list(im.shape)}", path)
+        h, w = int(im.shape[0]), int(im.shape[1])
+        if min(h, w) < 1 or h * w > MAX_PIXELS or max(h, w) > MAX_SIDE:
+            raise InputError(f"tensor {key!r} is {w}x{h} pixels: empty, or more than {MAX_PIXELS} pixels or "
+                             f"{MAX_SIDE} a side", path)
+        if (h, w) != (m["height"], m["width"]):
+            raise InputError(f"tensor {key!r} is {w}x{h} pixels, metadata says {m['width']}x{m['height']}", path)
+        images.append(im)
+    key = f"token_types.{i}"
+    if key not in tensors:
+        raise InputError(f"tensor {key!r} is missing ({where} has images: the token types fed with them)", path)
+    tt = tensors[key]
+    if tt.ndim != 1 or tt.dtype.kind not in "iu" or len(tt) != T:
+        raise InputError(f"tensor {key!r} must be integer [{T}], got {tt.dtype} {list(tt.shape)}", path)
+    if not np.isin(tt, (0, 1)).all():
+        raise InputError(f"tensor {key!r} holds values other than 0 (text) and 1 (image)", path)
+    marked = gp.ids[tt == 1]
+    if len(marked) == 0:
+        raise InputError(f"tensor {key!r} marks no image token, but {where} has {len(metas)} image(s)", path)
+    if len(np.unique(marked)) != 1:
+        raise InputError(f"tensor {key!r} marks ids {sorted({int(x) for x in marked})[:5]} as image tokens; they "
+                         "are all one id, the image token", path)
+    if np.count_nonzero(gp.ids == marked[0]) != len(marked):
+        raise InputError(f"tensor {key!r} leaves some of the image token's ({int(marked[0])}) positions as text", path)
+    soft = None
+    key = f"soft_tokens.{i}"
+    if key in tensors:
+        soft = tensors[key]
+        if soft.dtype.kind != "f" or soft.ndim != 2 or soft.shape[0] != len(marked) or soft.shape[1] < 1:
+            raise InputError(f"tensor {key!r} must be float [{len(marked)}, D] (one row per image token), got "
+                             f"{soft.dtype} {list(soft.shape)}", path)
+        if not np.all(np.isfinite(soft)):
+            raise InputError(f"tensor {key!r} contains NaN or Inf", path)
+        soft = soft.astype(np.float32)
+    pixels = _read_pixels(i, len(metas), tensors, path)
+    if pixels is not None:
+        from gemma_ref.vision import pixel_sha256
+
+        for j, (px, m) in enumerate(zip(pixels, metas)):
+            if pixel_sha256(px) != m["sha256_pixels"]:
+                raise InputError(f"tensor 'pixel_values.{i}.{j}' does not hash to image {j + 1}'s sha256_pixels in "
+                                 "the metadata", path)
+    gp.images, gp.token_types, gp.soft_tokens = images, tt.astype(np.int64), soft
+    gp.image_meta, gp.pixels = [dict(m) for m in metas], pixels
+
+
+def _read_pixels(i: int, n: int, tensors: dict[str, np.ndarray], path: Path) -> list[dict[str, np.ndarray]] | None:
+    """The producer's pixel values of prompt i's n images, if the file records them (all or none)."""
+    have = [f"pixel_values.{i}.{j}" in tensors for j in range(n)]
+    if not any(have):
+        return None
+    if not all(have):
+        raise InputError(f"tensor 'pixel_values.{i}.{have.index(False)}' is missing: pixel values are recorded for "
+                         "every image of a prompt or for none", path)
+    out = []
+    for j in range(n):
+        key = f"pixel_values.{i}.{j}"
+        px = tensors[key]
+        pos = tensors.get(f"image_position_ids.{i}.{j}")
+        if px.dtype != np.float32 or not np.all(np.isfinite(px)):
+            raise InputError(f"tensor {key!r} must be finite float32, got {px.dtype}", path)
+        if pos is None:  # Gemma 3: [views, 3, S, S]
+            if px.ndim != 4 or px.shape[1] != 3 or px.shape[0] < 1 or px.shape[2] < 1 or px.shape[2] != px.shape[3]:
+                raise InputError(f"tensor {key!r} must be [views, 3, S, S] (or [patches, width] with "
+                                 f"'image_position_ids.{i}.{j}'), got {list(px.shape)}", path)
+            out.append({"pixel_values": px})
+            continue
+        if px.ndim != 2 or px.shape[0] < 1 or pos.dtype.kind != "i" or pos.shape != (px.shape[0], 2):
+            raise InputError(f"tensors {key!r} and 'image_position_ids.{i}.{j}' must be [patches, width] and integer "
+                             f"[patches, 2], got {list(px.shape)} and {pos.dtype} {list(pos.shape)}", path)
+        if pos.min() < -1 or pos.max() > MAX_SIDE:
+            raise InputError(f"tensor 'image_position_ids.{i}.{j}' holds positions outside [-1, {MAX_SIDE}]", path)
+        out.append({"pixel_values": px, "image_position_ids": pos.astype(np.int64)})
+    return out
+
+
+def _no_stray_image_tensors(tensors: dict[str, np.ndarray], prompts: list[dict[str, Any]], path: Path) -> None:
+    """Image tensors must belong to a prompt's image (a renamed or extra one is a damaged file, not silence)."""
+    for key in tensors:
+        kind, _, rest = key.partition(".")
+        if kind not in IMAGE_TENSORS:
+            continue
+        parts = rest.split(".")
+        ok = all(x.isdigit() for x in parts) and len(parts) == (1 if kind in ("token_types", "soft_tokens") else 2)
+        if ok:
+            i = int(parts[0])
+            ok = i < len(prompts) and (len(parts) == 1 or int(parts[1]) < len(prompts[i].get("images") or []))
+        if not ok:
+            raise InputError(f"tensor {key!r} belongs to no prompt's image in the metadata", path)
+        if kind == "image_position_ids" and f"pixel_values.{rest}" not in tensors:
+            raise InputError(f"tensor {key!r} has no 'pixel_values.{rest}'", path)
 
 
 # --- making a golden file ----------------------------------------------------------------------------
@@ -268,16 +450,23 @@ def auto_storage(n_positions: int, vocab_size: int) -> str:
 
 def make_golden(model_dir: str | os.PathLike, out: str | os.PathLike, prompts: list[PromptSpec],
                 backend: str = "gemma_ref", storage: str | None = "full", topk: int = 64, model_name: str | None = None,
-                revision: str | None = None, progress=None, base: str | os.PathLike | None = None) -> Golden:
+                revision: str | None = None, progress=None, base: str | os.PathLike | None = None,
+                keep_pixels: bool = False, extra: dict[str, str] | None = None) -> Golden:
     """Compute logits for the prompts with a backend and write them as a golden file.
 
     ``storage=None`` picks by size (:func:`auto_storage`); ``golden.storage`` says which was used.
     ``model_dir`` may be a LoRA adapter on ``base`` (gemma_ref/adapters.py).
+
+    Prompts with images (a multimodal Gemma 3 / Gemma 4): text and chat prompts have their
+    placeholders expanded, ids prompts must hold each image's tokens expanded; the golden records
+    the images, the token types, the soft tokens and each image's pixel hash, and with
+    ``keep_pixels`` the producer's pixel values themselves (Gemma 3: 3*S*S floats an image, 9.6 MB at 896).
+    ``extra``: more metadata to record (strings).
     """
     from gemma_ref import adapters
     from gemma_ref.config import load_config
     from gemma_ref.model import validate_ids
-    from release.weights.backends import compute_logits
+    from release.weights.backends import compute_image_logits, compute_logits
 
     if storage is not None and storage not in STORAGES:
         raise InputError(f"storage must be one of {', '.join(STORAGES)}, not {storage!r}")
@@ -288,25 +477,63 @@ def make_golden(model_dir: str | os.PathLike, out: str | os.PathLike, prompts: l
     cfg = load_config(base_dir or model_dir)
     from gemma_ref.tokenizer import has_tokenizer
 
+    vc = _vision_config(prompts, base_dir or model_dir)
     specs = resolve_prompt_ids(prompts, model_dir if base_dir is None or has_tokenizer(model_dir)
-                               else base_dir)  # an adapter without its own tokenizer uses its base's
+                               else base_dir, vc)  # an adapter without its own tokenizer uses its base's
     sequences = [validate_ids(p.ids, cfg.vocab_size, cfg.max_position_embeddings) for p in specs]
+    if vc is not None:
+        for p, ids in zip(specs, sequences):
+            if p.images:
+                check_image_runs(p, ids, vc)
     if storage is None:
         storage = auto_storage(sum(len(s) for s in sequences), cfg.vocab_size)
-    logits, version = compute_logits(backend, model_dir, sequences, progress, base_dir)
+    fields: list[dict[str, Any]] = [{} for _ in specs]
+    meta = dict(extra or {})
+    if vc is None:
+        logits, version = compute_logits(backend, model_dir, sequences, progress, base_dir)
+    else:
+        from gemma_ref.vision import pixel_sha256
+        from release.images import pillow_version
+
+        run = compute_image_logits(backend, model_dir, sequences, [p.images for p in specs], vc, progress, base_dir)
+        logits, version = run.logits, run.version
+        for k, p in enumerate(specs):
+            if p.images:
+                fields[k] = {"images": p.images, "token_types": run.token_types[k], "soft_tokens": run.soft_tokens[k],
+                             "pixels": run.pixels[k] if keep_pixels else None,
+                             "image_meta": [{"height": int(im.shape[0]), "width": int(im.shape[1]),
+                                             "sha256_pixels": pixel_sha256(px)}
+                                            for im, px in zip(p.images, run.pixels[k])]}
+        meta.update(image_processor=json.dumps(run.processor, sort_keys=True),
+                    image_processor_backend=run.processor_backend, pillow_version=pillow_version())
     golden = Golden(
-        prompts=[make_prompt(p.name, ids, lg, storage, topk, p.text, p.messages)
-                 for p, ids, lg in zip(specs, sequences, logits)],
+        prompts=[make_prompt(p.name, ids, lg, storage, topk, p.text, p.messages, **f)
+                 for p, ids, lg, f in zip(specs, sequences, logits, fields)],
         vocab_size=cfg.vocab_size, producer=backend, producer_version=version, storage=storage,
-        model=model_name or str(model_dir), revision=revision, model_type=cfg.model_type,
+        model=model_name or str(model_dir), revision=revision, model_type=cfg.model_type, extra=meta,
     )
     write_golden(golden, out)
     golden.path = Path(out)
     return golden
 
 
-def resolve_prompt_ids(prompts: list[PromptSpec], model_dir: Path) -> list[PromptSpec]:
-    """Fill in ids for text / chat prompts with the model's own tokenizer."""
+def resolve_prompt_ids(prompts: list[PromptSpec], model_dir: Path, vision_config: Any = None) -> list[PromptSpec]:
+    """Fill in ids for text / chat prompts with the model's own tokenizer (images expanded with `vision_config`)."""
     if all(p.ids is not None for p in prompts):
         return prompts
-    return tokenize_prompt_specs(prompts, model_dir)
+    return tokenize_prompt_specs(prompts, model_dir, vision_config)
+
+
+def _vision_config(prompts: list[PromptSpec], model_dir: Path) -> Any:
+    """The checkpoint's image path when a prompt holds images (gemma_ref.vision.VisionConfig), else None."""
+    with_images = [p for p in prompts if p.images]
+    if not with_images:
+        return None
+    from gemma_ref import vision
+
+    vc = vision.load_vision_config(model_dir)
+    if vc is None:
+        raise InputError(f"prompt {with_images[0].name!r} has images, but this checkpoint has no vision tower "
+                         "gemma_ref knows (a Gemma 3 or Gemma 4 config.json with a vision_config)", model_dir,
+                         hint="Gemma 3n's and gemma4_unified's images are not supported")
+    return vc

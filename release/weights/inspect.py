@@ -50,6 +50,7 @@ from gemma_ref.config import (
     match_variant,
 )
 from gemma_ref.weights import Weights
+from release.errors import InputError
 from release.files import check_model_files
 from release.weights.quant import quantized_variant
 
@@ -168,6 +169,9 @@ def inspect_model(model_dir: str | Path) -> dict[str, Any]:
             params = _quantization(info, model_dir, cfg, found)
         if cfg.layers:  # Gemma 4: per-layer geometry
             info["per_layer"] = per_layer_summary(cfg, params)
+        vision = vision_summary(model_dir, w)
+        if vision is not None:
+            info["vision"] = vision
         return info
     finally:
         w.close()
@@ -206,6 +210,27 @@ def _quantization(info: dict[str, Any], model_dir: Path, cfg: GemmaConfig, found
     return params
 
 
+def vision_summary(model_dir: Path, w: Weights) -> dict[str, Any] | None:
+    """The vision tower gemma_ref runs (Gemma 3's SigLIP, Gemma 4's encoder), from config and headers; None without one."""
+    from gemma_ref import vision
+
+    try:
+        vc = vision.load_vision_config(model_dir)
+        if vc is None:
+            return None
+        names = vision.TowerWeights(w, vc).names()
+    except InputError as e:  # a tower that does not fit: said, the text summary stands
+        return {"error": e.message}
+    n = sum(int(np.prod(w.infos[k].shape, dtype=np.int64)) for k in names)
+    return {"family": vc.family, "layers": vc.num_hidden_layers, "hidden_size": vc.hidden_size,
+            "heads": vc.num_attention_heads, "patch_size": vc.patch_size, "tensors": len(names), "parameters": n,
+            "parameters_human": _human_count(n),
+            "image_size": vc.image_size or None, "tokens_per_image": vc.mm_tokens_per_image or None,
+            "max_soft_tokens": vc.preprocess.max_soft_tokens or None, "pan_and_scan": vc.preprocess.do_pan_and_scan,
+            "bidirectional_image_attention": vc.bidirectional, "clipped_linears": vc.clipped,
+            "standardize": vc.standardize, "processor_config": vc.preprocess.source or None}
+
+
 def render_inspect(info: dict[str, Any]):
     from rich.table import Table
 
@@ -238,6 +263,17 @@ def render_inspect(info: dict[str, Any]):
                         f"({q['quantized_tensors']} tensors), {bpw} bits per weight effective"))
     if info.get("per_layer"):
         rows = _per_layer_rows(info, rows)
+    v = info.get("vision")
+    if v:
+        if "error" in v:
+            rows.append(("vision tower", f"cannot be run: {v['error']}"))
+        else:
+            size = (f"{v['image_size']}px, {v['tokens_per_image']} tokens per image" if v["family"] == "gemma3"
+                    else f"aspect kept, up to {v['max_soft_tokens']} soft tokens per image")
+            rows.append(("vision tower", f"{'SigLIP' if v['family'] == 'gemma3' else 'Gemma 4 encoder'}, "
+                         f"{v['layers']} layers x {v['hidden_size']}, {v['parameters_human']} parameters in "
+                         f"{v['tensors']} tensors; {size}; image attention bidirectional on "
+                         f"{v['bidirectional_image_attention']} layers (verified by goldens with images)"))
     if info.get("adapter"):
         rows = _adapter_rows(info["adapter"]) + rows
     for k, v in rows:

@@ -12,6 +12,11 @@ A trace file is safetensors, float32, one sequence:
   norms and RoPE, before GQA repetition), ``.attn_context`` [T, H*Hd] (before o_proj), ``.attn`` [T, D]
   (after o_proj), ``.mlp`` [T, D] (the dense MLP's output, before its post-norm)
 * ``logits``                [T, V]
+* with images (a multimodal Gemma 3 / Gemma 4): ``vision.{n}.hidden_states.{i}`` [N, D] for the n-th view the
+  tower ran (an image, or one of its pan-and-scan crops), named like the tower's own output_hidden_states
+  (``hidden_states.0`` the patch + position embeddings, ``hidden_states.{i+1}`` layer i's output; Gemma 4's
+  padding patches are never computed, so N counts the image's real patches), and ``vision.soft_tokens.{m}``
+  [M, Dt], image m's soft tokens as they enter the text model
 
 Tracing wraps model functions for the duration (as gemma_ref.bugs does); model.py is not changed.
 """
@@ -43,6 +48,16 @@ class _Recorder:
 
     def put(self, key: str, a: np.ndarray) -> None:
         self.out[key] = np.array(a, dtype=np.float32, copy=True)
+
+    def observe(self, name: str, a: np.ndarray) -> None:
+        """The vision tower's hidden states (gemma_ref.vision's observe callback): views and images numbered in order."""
+        if name == "soft_tokens":
+            n = sum(k.startswith("vision.soft_tokens.") for k in self.out)
+            self.put(f"vision.soft_tokens.{n}", a)
+            return
+        if name == "hidden_states.0":
+            self.view = getattr(self, "view", -1) + 1
+        self.put(f"vision.{self.view}.{name}", a)
 
     def wraps(self) -> dict[str, Any]:
         r = self
@@ -76,8 +91,8 @@ class _Recorder:
             return w
 
         def attend(orig):
-            def f(q, k, v, positions, window, cfg):
-                out = orig(q, k, v, positions, window, cfg)
+            def f(q, k, v, positions, window, cfg, *rest):
+                out = orig(q, k, v, positions, window, cfg, *rest)  # rest: image blocks, if any
                 for name, t in (("q", q), ("k", k), ("v", v), ("attn_context", out)):
                     r.put(f"layers.{r.layer}.{name}", t)
                 return out
@@ -111,8 +126,11 @@ class _Recorder:
 
 
 def trace(model_dir: str | os.PathLike, ids: Sequence[int] | np.ndarray, detail: bool = False,
-          bug_ids: Sequence[str] = ()) -> dict[str, np.ndarray]:
-    """The trace tensors of one sequence (see the module docstring), optionally with known bugs switched on."""
+          bug_ids: Sequence[str] = (), images: Sequence | None = None) -> dict[str, np.ndarray]:
+    """The trace tensors of one sequence (see the module docstring), optionally with known bugs switched on.
+
+    `images`: the prompt's images (uint8 [H, W, 3] or preprocessed pixels), whose image tokens `ids` hold expanded.
+    """
     from gemma_ref import bugs as B
     from gemma_ref import load_model
 
@@ -121,7 +139,8 @@ def trace(model_dir: str | os.PathLike, ids: Sequence[int] | np.ndarray, detail:
         ids = M.validate_ids(ids, cfg.vocab_size, cfg.max_position_embeddings)
         rec = _Recorder(detail)
         with B.switched(list(bug_ids), cfg) as c, patched(rec.wraps()):
-            M.forward(model.weights, c, [ids])
+            soft = model.image_tokens([ids], [list(images)], rec.observe) if images else None  # the tower, traced
+            M.forward(model.weights, c, [ids], images=soft)
     out = rec.out
     L = cfg.num_hidden_layers
     for i in range(L - 1):
@@ -184,6 +203,12 @@ def trace_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray], atol: float =
 
     def forward_order(r: dict) -> tuple:
         k = r["tensor"]
+        m = re.match(r"vision\.(\d+)\.hidden_states\.(\d+)$", k)
+        if m:  # the tower runs before the text model: its views in order, then the soft tokens
+            return (-2, int(m.group(1)), int(m.group(2)))
+        m = re.match(r"vision\.soft_tokens\.(\d+)$", k)
+        if m:
+            return (-1, int(m.group(1)), 0)
         m = re.match(r"hidden_states\.(\d+)$", k)
         if m:  # hidden_states.i is layer i-1's output: it comes after that layer's internals
             return (int(m.group(1)) - 1, 1, "")
@@ -197,7 +222,12 @@ def trace_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray], atol: float =
     first_hs = next((r for r in hs if r["parted"]), None)
     first_any = next((r for r in rows if r["parted"]), None)
     layer = None
-    if first_hs:
+    first_vision = next((r for r in rows if r["parted"] and r["tensor"].startswith("vision.")), None)
+    if first_vision and first_vision is first_any:  # the image path parts first: name the tower's layer
+        m = re.match(r"vision\.(\d+)\.hidden_states\.(\d+)$", first_vision["tensor"])
+        layer = (f"vision tower, view {m.group(1)}, " + ("patch embeddings" if m.group(2) == "0" else
+                                                        f"layer {int(m.group(2)) - 1}")) if m else "the soft tokens (projector)"
+    elif first_hs:
         i = int(first_hs["tensor"].split(".")[1])
         layer = "embedding" if i == 0 else f"layer {i - 1}" + (" (after the final norm)" if i == len(hs) - 1 else "")
     return {"atol": atol, "rtol": rtol, "tensors": rows, "parted": first_any is not None,

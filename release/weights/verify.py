@@ -33,7 +33,14 @@ register_rules(
     Rule("WEIGHTS003", "error", "a tensor's dtype is not BF16/F16/F32 (a warning when it only differs from the config's declared dtype)"),
     Rule("WEIGHTS004", "warning", "a tensor the text model does not use (or an lm_head, which Gemma ties to the embedding)"),
     Rule("WEIGHTS005", "error", "NaN or Inf values in a weight tensor"),
-    Rule("WEIGHTS006", "info", "tensors of other towers (vision, audio) present and ignored"),
+    Rule("WEIGHTS006", "info", "tensors of other towers (vision, audio) present and not verified (no golden prompt "
+                               "with an image ran them, or gemma_ref does not run that tower)"),
+    Rule("VISION001", "info", "the vision tower and projector ran on the golden's images: their tensors are verified "
+                              "through the logits"),
+    Rule("VISION002", "warning", "gemma_ref's preprocessing of a golden image gives other pixel values than the "
+                                 "golden's producer fed its model (resize filter, Pillow version, torchvision backend)"),
+    Rule("VISION003", "info", "soft tokens (the projector's output) against the golden's: localises a mismatch to the "
+                              "tower or to the text model"),
     Rule("LOGITS001", "error", "logits differ from the golden file by more than the tolerance"),
     Rule("LOGITS002", "error", "KL divergence or top-1 agreement outside the requested bounds"),
     Rule("TOKENS001", "error", "the model's tokenizer gives other ids for a golden prompt's text than the golden recorded"),
@@ -297,7 +304,11 @@ def verify_model(
     try:
         if adapter_dir is not None:
             weights = adapters.AdaptedWeights(weights, adapters.load_adapter(adapter_dir, weights))
-        report.findings += structure_findings(weights.issues, str(model_dir))
+        report.findings += structure_findings([i for i in weights.issues if i.code != "foreign"], str(model_dir))
+        if not any(getattr(gp, "images", None) for gp in golden.prompts):
+            from release.weights.vision_checks import towers_not_run
+
+            report.findings += towers_not_run(weights, model_dir)  # which towers went unverified, said plainly
         if scan_nonfinite:
             if progress:
                 progress("scanning weights for NaN/Inf", 0, 1)
@@ -308,11 +319,20 @@ def verify_model(
         token_checks = _token_checks(golden, model_dir)
         sequences = [validate_ids(p.ids, cfg.vocab_size, cfg.max_position_embeddings) for p in golden.prompts]
         step = (lambda i, n: progress("forward", i, n)) if progress else None
+        images = None
+        if any(getattr(gp, "images", None) for gp in golden.prompts):  # image prompts: the tower runs first, then the text model
+            from release.weights.vision_checks import golden_image_tokens
+
+            images, found = golden_image_tokens(weights, model_dir, golden, sequences, progress, scan_nonfinite)
+            report.findings += found
+            if has_errors(found):
+                return report  # NaN/Inf in the tower: the logits say nothing more
         if sum(len(s) for s in sequences) * cfg.vocab_size * 4 <= LOGITS_IN_MEMORY:
-            results = [compare_prompt(ours, gp, tol) for ours, gp in zip(forward(weights, cfg, sequences, step),
-                                                                          golden.prompts)]
+            results = [compare_prompt(ours, gp, tol) for ours, gp in zip(forward(weights, cfg, sequences, step,
+                                                                                 images=images), golden.prompts)]
         else:  # long prompts at a 262k vocabulary: 1 MB of logits a position, so never all of them at once
-            results = [_compare_in_chunks(weights, cfg, ids, gp, tol, step) for ids, gp in zip(sequences, golden.prompts)]
+            results = [_compare_in_chunks(weights, cfg, ids, gp, tol, step, im)
+                       for ids, gp, im in zip(sequences, golden.prompts, images or [None] * len(sequences))]
     finally:
         weights.close()
 
@@ -374,17 +394,26 @@ def merge_results(parts: list[tuple[int, PromptResult]]) -> PromptResult:
 
 
 def _compare_in_chunks(weights, cfg, ids: np.ndarray, gp: GoldenPrompt, tol: Tolerance,  # noqa: ANN001
-                       step: Callable[[int, int], None] | None) -> PromptResult:
-    """compare_prompt for one prompt run CHUNK_POSITIONS positions at a time, the earlier ones in the KV cache."""
+                       step: Callable[[int, int], None] | None, images=None) -> PromptResult:  # noqa: ANN001
+    """compare_prompt for one prompt run CHUNK_POSITIONS positions at a time, the earlier ones in the KV cache.
+
+    `images` (vision.ImageTokens): a chunk never ends inside an image, whose tokens attend to each other both ways.
+    """
     from gemma_ref.model import forward, new_cache
 
     cache = new_cache(cfg, capacity=len(ids))
     parts = []
-    for start in range(0, len(ids), CHUNK_POSITIONS):
-        chunk = ids[start:start + CHUNK_POSITIONS]
-        (ours,) = forward(weights, cfg, [chunk], step, caches=[cache])
-        parts.append((start, compare_prompt(ours, golden_rows(gp, start, start + len(chunk)), tol)))
+    start = 0
+    while start < len(ids):
+        stop = min(start + CHUNK_POSITIONS, len(ids))
+        if images is not None:
+            stop = images.chunk_end(start, stop)
+        chunk = ids[start:stop]
+        (ours,) = forward(weights, cfg, [chunk], step, caches=[cache],
+                          images=None if images is None else [images.window(start, stop)])
+        parts.append((start, compare_prompt(ours, golden_rows(gp, start, stop), tol)))
         del ours
+        start = stop
     return merge_results(parts)
 
 
