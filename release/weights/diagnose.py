@@ -119,7 +119,7 @@ def diagnose(model_dir: str | os.PathLike, candidate: str | os.PathLike, tol: To
         cfg, weights = model.config, model.weights
         prompts = read_candidate(candidate, cfg.vocab_size)
         vision = tower = None
-        if any(getattr(p, "images", None) for p in prompts):  # image prompts: the tower's bugs are candidates too
+        if any(p.images for p in prompts):  # image prompts: the tower's bugs are candidates too
             from gemma_ref import vision as V
 
             vision = V.load_vision_config(weights.dir)
@@ -128,15 +128,8 @@ def diagnose(model_dir: str | os.PathLike, candidate: str | os.PathLike, tol: To
                                  "gemma_ref runs", candidate)
             tower = V.TowerWeights(weights, vision)
 
-        def images_of(p):  # noqa: ANN001, ANN202
-            imgs = getattr(p, "images", None)
-            if not imgs:
-                return None
-            pixels = getattr(p, "pixels", None)  # the producer's pixels when recorded: the tower bugs still apply
-            return [px if px is not None else im for im, px in zip(imgs, pixels or [None] * len(imgs))]
-
-        def run(bug_ids: list[str]) -> list[np.ndarray]:
-            return [B.forward_with(weights, cfg, bug_ids, p.ids, tower, images_of(p)) for p in prompts]
+        def run(bug_ids: list[str]) -> list[np.ndarray]:  # image prompts: the producer's pixels when recorded
+            return [B.forward_with(weights, cfg, bug_ids, p.ids, tower, p.pixels or p.images) for p in prompts]
 
         ref_out = run([])
         ref = distance("reference", ref_out, prompts, tol)

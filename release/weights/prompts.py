@@ -346,7 +346,7 @@ def encode_golden_prompt(golden: Any, model_dir: str | os.PathLike) -> dict[str,
     if not recorded:
         return {}
     tok, generation = _model_tokenizer(Path(model_dir))
-    specs = [PromptSpec(p.name, text=p.text, messages=p.messages, images=getattr(p, "images", None))
+    specs = [PromptSpec(p.name, text=p.text, messages=p.messages, images=p.images)
              for p in recorded]
     vc = None
     if any(s.images for s in specs):

@@ -305,7 +305,8 @@ def verify_model(
         if adapter_dir is not None:
             weights = adapters.AdaptedWeights(weights, adapters.load_adapter(adapter_dir, weights))
         report.findings += structure_findings([i for i in weights.issues if i.code != "foreign"], str(model_dir))
-        if not any(getattr(gp, "images", None) for gp in golden.prompts):
+        has_images = any(gp.images for gp in golden.prompts)
+        if not has_images:
             from release.weights.vision_checks import towers_not_run
 
             report.findings += towers_not_run(weights, model_dir)  # which towers went unverified, said plainly
@@ -320,7 +321,7 @@ def verify_model(
         sequences = [validate_ids(p.ids, cfg.vocab_size, cfg.max_position_embeddings) for p in golden.prompts]
         step = (lambda i, n: progress("forward", i, n)) if progress else None
         images = None
-        if any(getattr(gp, "images", None) for gp in golden.prompts):  # image prompts: the tower runs first, then the text model
+        if has_images:  # image prompts: the tower runs first, then the text model
             from release.weights.vision_checks import golden_image_tokens
 
             images, found = golden_image_tokens(weights, model_dir, golden, sequences, progress, scan_nonfinite)

@@ -45,8 +45,8 @@ def golden_image_tokens(weights: Any, model_dir: Path, golden: Any, sequences: l
         pixels = []
         for j, image in enumerate(gp.images):
             ours = vision.preprocess(image, vc)
-            recorded = (getattr(gp, "pixels", None) or [None] * len(gp.images))[j]
-            meta = (getattr(gp, "image_meta", None) or [{}] * len(gp.images))[j] or {}
+            recorded = gp.pixels[j] if gp.pixels else None  # the producer's pixel values, when the golden keeps them
+            meta = gp.image_meta[j] if gp.image_meta else {}
             where = f"prompt {gp.name!r}, image {j}"
             if recorded is not None:
                 differ = pixel_difference(ours, recorded)
@@ -66,7 +66,7 @@ def golden_image_tokens(weights: Any, model_dir: Path, golden: Any, sequences: l
             if progress:
                 progress("vision tower", done, n_images)
         tokens = vision.prompt_image_tokens(ids, pixels, tower)
-        soft = getattr(gp, "soft_tokens", None)
+        soft = gp.soft_tokens
         if soft is not None:
             if soft.shape != tokens.values.shape:
                 raise InputError(f"prompt {gp.name!r}: the golden's soft tokens are {list(soft.shape)}, the model "
